@@ -1,0 +1,72 @@
+"""Named presets (configs/presets/*.yaml) -> PipelineConfig -> a ready pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from pipelines.config import PipelineConfig
+from pipelines.errors import PipelineError
+from pipelines.frames import FramePipeline
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs" / "presets"
+DEFAULT_PRESET = "lcm-dreamshaper"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise PipelineError(f"config file {path} must hold a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def preset_settings(name: str) -> dict[str, Any]:
+    path = PRESETS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise PipelineError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
+    return read_yaml(path)
+
+
+def build_config(preset: str | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """A preset's settings with ``overrides`` on top (nested dicts merge, e.g. smoothing)."""
+    settings = preset_settings(preset or DEFAULT_PRESET)
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(settings.get(key), dict):
+            settings[key] = {**settings[key], **value}
+        else:
+            settings[key] = value
+    try:
+        return PipelineConfig(**settings)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        raise PipelineError(f"bad setting {where}: {err['msg']}") from None
+
+
+def load_pipeline(config: PipelineConfig | str | None = None, **overrides: Any) -> FramePipeline:
+    """A preset name or a config -> a pipeline ready to take frames."""
+    if config is None or isinstance(config, str):
+        config = build_config(config, overrides)
+    elif overrides:
+        config = config.model_copy(update=overrides)
+    if config.family == "passthrough":
+        from pipelines.passthrough import PassthroughPipeline
+
+        return PassthroughPipeline()
+    from pipelines.lcm_img2img import StreamPipeline
+
+    return StreamPipeline.from_config(config)

@@ -1,0 +1,1 @@
+"""Everything around the model: sources, the runtime, the GPU worker, sinks, the server and the CLI."""

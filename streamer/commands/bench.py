@@ -1,0 +1,11 @@
+"""`streamer bench` (being built)."""
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run(args: argparse.Namespace) -> int:
+    raise SystemExit("streamer bench: not built yet")

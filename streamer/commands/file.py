@@ -1,0 +1,11 @@
+"""`streamer file` (being built)."""
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run(args: argparse.Namespace) -> int:
+    raise SystemExit("streamer file: not built yet")

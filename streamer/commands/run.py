@@ -1,0 +1,11 @@
+"""`streamer run` (being built)."""
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run(args: argparse.Namespace) -> int:
+    raise SystemExit("streamer run: not built yet")

@@ -1,0 +1,1 @@
+"""Where frames leave: virtual camera, preview window, files, network streams."""

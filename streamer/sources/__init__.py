@@ -1,0 +1,1 @@
+"""Where frames come in: webcams, network streams, files, a test pattern."""

@@ -1,0 +1,44 @@
+"""The one interface every source implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from streamer.frames import Frame
+
+
+class SourceError(RuntimeError):
+    """A source could not be opened or read; the message is one line a user can act on."""
+
+
+class Source(ABC):
+    """open() -> read() until it returns None -> close(). Also a context manager.
+
+    ``read`` blocks until the next frame and returns None at the end of the stream. ``live`` sources
+    produce frames on their own clock (a camera, a network stream); the others can be read as fast as
+    the consumer wants (a file).
+    """
+
+    live: bool = True
+    name: str = "source"
+
+    @abstractmethod
+    def open(self) -> None: ...
+
+    @abstractmethod
+    def read(self) -> Frame | None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @property
+    def fps(self) -> float | None:
+        """Nominal frame rate when known."""
+        return None
+
+    def __enter__(self) -> Source:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

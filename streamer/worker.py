@@ -1,0 +1,138 @@
+"""The one long-lived thread that runs the model. Everything else hands it frames and waits on futures.
+
+Frames that wait together are batched into one pipeline call (frames of several streams included), up
+to ``max_batch``. Each submission is one frame; nothing here queues without bound: the runtime and the
+server only submit the newest frame of each stream once its previous one is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipelines.frames import FramePipeline
+from streamer.frames import Frame
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Job:
+    frame: Frame
+    future: Future
+    submitted: float = field(default_factory=time.monotonic)
+
+
+class GpuWorker:
+    """Runs ``pipeline`` on one thread; ``submit(frame)`` returns a Future of the stylized frame."""
+
+    def __init__(self, pipeline: FramePipeline, max_batch: int = 8, max_pending: int = 64,
+                 on_batch=None) -> None:
+        self.pipeline = pipeline
+        self.max_batch = max_batch
+        self.max_pending = max_pending
+        self.on_batch = on_batch  # callback(batch_size, seconds) for metrics
+        self._jobs: deque[_Job] = deque()
+        self._cond = threading.Condition()
+        self._controls: deque = deque()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="gpu-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, frame: Frame) -> Future:
+        fut: Future = Future()
+        with self._cond:
+            if self._stop:
+                fut.set_exception(RuntimeError("the GPU worker has stopped"))
+                return fut
+            if len(self._jobs) >= self.max_pending:
+                fut.set_exception(RuntimeError(f"more than {self.max_pending} frames waiting for the GPU"))
+                return fut
+            self._jobs.append(_Job(frame, fut))
+            self._cond.notify()
+        return fut
+
+    def call(self, fn, *args, **kwargs) -> Future:
+        """Run ``fn`` on the worker thread between batches (parameter changes that touch GPU state)."""
+        fut: Future = Future()
+        with self._cond:
+            self._controls.append((fn, args, kwargs, fut))
+            self._cond.notify()
+        return fut
+
+    def update(self, stream_id: str, **params) -> Future:
+        return self.call(self.pipeline.update, stream_id, **params)
+
+    def remove_stream(self, stream_id: str) -> Future:
+        return self.call(self.pipeline.remove_stream, stream_id)
+
+    def close(self, timeout: float = 30.0) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    def __enter__(self) -> GpuWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _take(self) -> tuple[list, list[_Job]] | None:
+        with self._cond:
+            while not self._jobs and not self._controls and not self._stop:
+                self._cond.wait()
+            if self._stop and not self._jobs and not self._controls:
+                return None
+            controls = list(self._controls)
+            self._controls.clear()
+            # One batch holds frames of one size; the rest wait for the next round.
+            batch: list[_Job] = []
+            rest: deque[_Job] = deque()
+            while self._jobs:
+                job = self._jobs.popleft()
+                if len(batch) < self.max_batch and (
+                    not batch or job.frame.image.shape == batch[0].frame.image.shape
+                ):
+                    batch.append(job)
+                else:
+                    rest.append(job)
+            self._jobs = rest
+            return controls, batch
+
+    def _run(self) -> None:
+        while True:
+            taken = self._take()
+            if taken is None:
+                return
+            controls, batch = taken
+            for fn, args, kwargs, fut in controls:
+                try:
+                    fut.set_result(fn(*args, **kwargs))
+                except Exception as exc:  # noqa: BLE001 - reported to the caller through its future
+                    fut.set_exception(exc)
+            if not batch:
+                continue
+            batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
+            if not batch:
+                continue
+            start = time.perf_counter()
+            try:
+                images = np.stack([job.frame.image for job in batch])
+                out = self.pipeline(images, [job.frame.stream_id for job in batch])
+            except Exception as exc:  # noqa: BLE001 - every waiter learns why
+                log.exception("pipeline failed on a batch of %d", len(batch))
+                for job in batch:
+                    job.future.set_exception(exc)
+                continue
+            elapsed = time.perf_counter() - start
+            if self.on_batch is not None:
+                self.on_batch(len(batch), elapsed)
+            for job, image in zip(batch, out, strict=True):
+                job.future.set_result(job.frame.with_image(image))
