@@ -1,0 +1,354 @@
+"""The stream pipeline: the frame step of 1-2 step LCM (or Turbo) img2img for live video.
+
+uint8 RGB frames (N, H, W, 3) of any size -> resized to the working size -> VAE encode -> noise at the
+strength's timestep, from a fixed, seeded noise tensor per stream -> 1-2 denoising steps -> decode -> uint8
+at the caller's size. Each frame carries its own stream's prompt embedding, noise, timesteps and temporal
+state, so one UNet call serves frames of several streams.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipelines.config import PipelineConfig, SmoothingConfig
+from pipelines.frames import DEFAULT_STREAM, check_frames
+from pipelines.loading import ModelComponents, load_components
+from pipelines.schedules import StepScalars, build_schedule, predict_original
+
+log = logging.getLogger(__name__)
+
+LIVE_PARAMS = ("prompt", "negative_prompt", "strength", "num_inference_steps", "guidance_scale", "seed",
+               "smoothing")
+
+
+@dataclass
+class PromptEmbeddings:
+    cond: torch.Tensor  # (1, L, D)
+    uncond: torch.Tensor | None = None  # for classifier-free guidance
+    pooled: torch.Tensor | None = None  # SDXL
+    uncond_pooled: torch.Tensor | None = None
+
+    def lerp(self, other: PromptEmbeddings, weight: float) -> PromptEmbeddings:
+        def mix(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+            return None if a is None or b is None else torch.lerp(a, b, weight)
+
+        return PromptEmbeddings(mix(self.cond, other.cond), mix(self.uncond, other.uncond),
+                                mix(self.pooled, other.pooled), mix(self.uncond_pooled, other.uncond_pooled))
+
+
+@dataclass
+class StreamState:
+    """Everything one stream keeps between frames."""
+
+    prompt: str
+    negative_prompt: str
+    strength: float
+    num_inference_steps: int
+    guidance_scale: float
+    seed: int
+    smoothing: SmoothingConfig
+    schedule: list[StepScalars] = field(default_factory=list)
+    noise: torch.Tensor | None = None  # (steps, C, h, w): initial noise, then LCM's between-step noise
+    embeds: PromptEmbeddings | None = None
+    blend_from: PromptEmbeddings | None = None  # the old prompt while a new one fades in
+    blend_target: PromptEmbeddings | None = None
+    blend_done: int = 0
+    guidance_embedding: torch.Tensor | None = None  # LCM's w embedding (1, D)
+    smoother: Any = None
+
+
+class StreamPipeline:
+    """Frames in, stylized frames out. ``pipe(frames, stream_ids)``; ``pipe.update(stream_id, prompt=...)``."""
+
+    def __init__(self, components: ModelComponents, config: PipelineConfig) -> None:
+        self.components = components
+        self.config = config
+        self.device = components.device
+        self.dtype = components.dtype
+        self.unet = components.unet
+        self.vae = components.vae
+        self.scheduler = components.scheduler
+        self.prediction_type = self.scheduler.config.prediction_type
+        self.img2img_semantics = components.family in ("lcm-lora", "turbo")
+        self.uses_cfg = components.family in ("lcm-lora", "turbo")
+        self.scaling_factor = float(getattr(self.vae.config, "scaling_factor", 1.0))
+        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1) if hasattr(
+            self.vae.config, "block_out_channels") else 8
+        self.latent_channels = int(self.unet.config.in_channels)
+        self.streams: dict[str, StreamState] = {}
+
+    # ---- construction -------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: PipelineConfig) -> StreamPipeline:
+        return cls(load_components(config), config)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> StreamPipeline:
+        from pipelines.presets import build_config
+
+        return cls.from_config(build_config(name, overrides))
+
+    @classmethod
+    def from_pretrained(cls, model_id: str, *, family: str = "lcm", **settings: Any) -> StreamPipeline:
+        """A hub id or local diffusers folder; ``settings`` are PipelineConfig fields (vae_id, lora_id, ...)."""
+        return cls.from_config(PipelineConfig(family=family, model_id=model_id, **settings))
+
+    # ---- per-stream parameters ----------------------------------------------------------------------
+    def stream(self, stream_id: str = DEFAULT_STREAM) -> StreamState:
+        state = self.streams.get(stream_id)
+        if state is None:
+            c = self.config
+            state = StreamState(c.prompt, c.negative_prompt, c.strength, c.num_inference_steps,
+                                c.guidance_scale, c.seed, c.smoothing.model_copy())
+            self._rebuild(state, prompt=True, schedule=True, guidance=True)
+            self.streams[stream_id] = state
+        return state
+
+    def set_prompt(self, prompt: str, negative_prompt: str | None = None,
+                   stream_id: str = DEFAULT_STREAM) -> None:
+        self.update(stream_id, prompt=prompt, negative_prompt=negative_prompt)
+
+    def update(self, stream_id: str = DEFAULT_STREAM, **params: Any) -> None:
+        """Change a stream's parameters live; a new prompt fades in over ``prompt_blend_frames`` frames."""
+        unknown = set(params) - set(LIVE_PARAMS)
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {', '.join(sorted(unknown))}; live ones: {', '.join(LIVE_PARAMS)}")
+        params = {k: v for k, v in params.items() if v is not None}
+        state = self.stream(stream_id)
+        if "strength" in params and not 0 < float(params["strength"]) <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {params['strength']}")
+        if "num_inference_steps" in params and not 1 <= int(params["num_inference_steps"]) <= 8:
+            raise ValueError(f"num_inference_steps must be 1-8, got {params['num_inference_steps']}")
+        if "guidance_scale" in params and float(params["guidance_scale"]) < 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {params['guidance_scale']}")
+        old = (state.strength, state.num_inference_steps, state.seed)
+        for key in ("prompt", "negative_prompt"):
+            if key in params:
+                setattr(state, key, str(params[key]))
+        if "strength" in params:
+            state.strength = float(params["strength"])
+        if "num_inference_steps" in params:
+            state.num_inference_steps = int(params["num_inference_steps"])
+        if "seed" in params:
+            state.seed = int(params["seed"])
+        if "guidance_scale" in params:
+            state.guidance_scale = float(params["guidance_scale"])
+        if "smoothing" in params:
+            value = params["smoothing"]
+            if isinstance(value, bool):
+                value = {"enabled": value}
+            if isinstance(value, str):
+                value = {"enabled": value.lower() in ("on", "true", "1")}
+            state.smoothing = state.smoothing.model_copy(update=dict(value))
+            SmoothingConfig.model_validate(state.smoothing.model_dump())
+            if state.smoother is not None:
+                state.smoother.config = state.smoothing
+        self._rebuild(state, prompt="prompt" in params or "negative_prompt" in params,
+                      schedule=old != (state.strength, state.num_inference_steps, state.seed),
+                      guidance="guidance_scale" in params, blend=True)
+
+    def remove_stream(self, stream_id: str) -> None:
+        self.streams.pop(stream_id, None)
+
+    def _rebuild(self, state: StreamState, *, prompt: bool = False, schedule: bool = False,
+                 guidance: bool = False, blend: bool = False) -> None:
+        if prompt:
+            new = self._encode_prompt(state.prompt, state.negative_prompt)
+            if blend and state.embeds is not None and self.config.prompt_blend_frames > 1:
+                state.blend_from, state.blend_target, state.blend_done = state.embeds, new, 0
+            else:
+                state.embeds, state.blend_from, state.blend_target = new, None, None
+        if schedule:
+            state.schedule = build_schedule(self.scheduler, steps=state.num_inference_steps,
+                                            strength=state.strength, img2img_semantics=self.img2img_semantics,
+                                            original_inference_steps=self.config.original_inference_steps)
+            h, w = self.config.height // self.vae_scale, self.config.width // self.vae_scale
+            # Drawn in the order diffusers' pipelines draw them from a generator with this seed: the
+            # initial noise, then LCM's noise between steps. The same every frame: fixed per-stream noise.
+            gen = torch.Generator("cpu").manual_seed(state.seed)
+            state.noise = torch.cat([
+                torch.randn((1, self.latent_channels, h, w), generator=gen, dtype=self.dtype)
+                for _ in state.schedule]).to(self.device)
+            if state.smoother is not None:
+                state.smoother.reset()
+        if guidance or state.guidance_embedding is None:
+            dim = getattr(self.unet.config, "time_cond_proj_dim", None)
+            pipe = self.components.prompt_pipe
+            if dim is not None and pipe is not None:
+                w = torch.tensor([state.guidance_scale - 1.0])
+                state.guidance_embedding = pipe.get_guidance_scale_embedding(w, embedding_dim=dim).to(
+                    self.device, self.dtype)
+
+    @torch.no_grad()
+    def _encode_prompt(self, prompt: str, negative_prompt: str) -> PromptEmbeddings:
+        pipe = self.components.prompt_pipe
+        if pipe is None:  # the analytic model has no text encoder
+            return PromptEmbeddings(torch.zeros((1, 1, 1), device=self.device, dtype=self.dtype))
+        neg = negative_prompt or None
+        if self.components.sdxl:
+            cond, uncond, pooled, uncond_pooled = pipe.encode_prompt(
+                prompt=prompt, device=self.device, num_images_per_prompt=1,
+                do_classifier_free_guidance=self.uses_cfg, negative_prompt=neg)
+            return PromptEmbeddings(cond, uncond, pooled, uncond_pooled)
+        cond, uncond = pipe.encode_prompt(prompt, self.device, 1, self.uses_cfg, negative_prompt=neg)
+        return PromptEmbeddings(cond, uncond)
+
+    def _advance_prompt_blend(self, state: StreamState) -> None:
+        """One frame further into a prompt change: the embedding moves 1/prompt_blend_frames of the way."""
+        if state.blend_target is not None:
+            state.blend_done += 1
+            weight = state.blend_done / self.config.prompt_blend_frames
+            if weight >= 1.0:
+                state.embeds, state.blend_from, state.blend_target = state.blend_target, None, None
+            else:
+                state.embeds = state.blend_from.lerp(state.blend_target, weight)
+
+    # ---- the frame step -----------------------------------------------------------------------------
+    def __call__(self, frames: np.ndarray, stream_ids: Sequence[str] | None = None,
+                 output_type: Literal["uint8", "float"] = "uint8") -> np.ndarray:
+        """(N, H, W, 3) uint8 -> (N, H, W, 3) uint8 (or float in [0, 1] with ``output_type="float"``)."""
+        ids = check_frames(frames, stream_ids)
+        states = [self.stream(i) for i in ids]
+        n, height, width = frames.shape[:3]
+        with torch.no_grad():
+            pixels = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+            images = pixels.permute(0, 3, 1, 2).to(self.dtype) / 127.5 - 1.0
+            if (height, width) != (self.config.height, self.config.width):
+                images = F.interpolate(images.float(), size=(self.config.height, self.config.width),
+                                       mode="bilinear", antialias=True, align_corners=False).to(self.dtype)
+            out = self.step(images, states)
+            if (height, width) != (self.config.height, self.config.width):
+                out = F.interpolate(out.float(), size=(height, width), mode="bilinear", antialias=True,
+                                    align_corners=False)
+            out = (out.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+            if output_type == "float":
+                return out.cpu().numpy()
+            return (out * 255).round().to(torch.uint8).cpu().numpy()
+
+    def step(self, images: torch.Tensor, states: list[StreamState]) -> torch.Tensor:
+        """(B, 3, h, w) in [-1, 1] at the working size -> decoded (B, 3, h, w) in about [-1, 1]."""
+        smoothers = [self._smoother(s) for s in states]
+        skip = [sm is not None and sm.check_input(images[i]) for i, sm in enumerate(smoothers)]
+        run = [i for i in range(len(states)) if not skip[i]]
+        out = torch.empty_like(images)
+        if run:
+            latents = self.encode(images[run])
+            run_states = [states[i] for i in run]
+            for s in run_states:
+                self._advance_prompt_blend(s)
+            for j, i in enumerate(run):
+                if smoothers[i] is not None:
+                    latents[j] = smoothers[i].blend_input(latents[j])
+            denoised = self.denoise(latents, run_states)
+            for j, i in enumerate(run):
+                if smoothers[i] is not None:
+                    denoised[j] = smoothers[i].blend_output(denoised[j])
+            decoded = self.decode(denoised)
+            for j, i in enumerate(run):
+                out[i] = decoded[j]
+                if smoothers[i] is not None:
+                    smoothers[i].remember_output(decoded[j])
+        for i in range(len(states)):
+            if skip[i]:
+                out[i] = smoothers[i].previous_output()
+        return out
+
+    def _smoother(self, state: StreamState) -> Any:
+        if not state.smoothing.enabled:
+            return None
+        if state.smoother is None:
+            from pipelines.smoothing import StreamSmoother
+
+            state.smoother = StreamSmoother(state.smoothing)
+        return state.smoother
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        encoded = self.vae.encode(images.to(self.dtype))
+        if hasattr(encoded, "latent_dist"):  # AutoencoderKL: the mean, so still input stays still
+            latents = encoded.latent_dist.mode()
+        else:
+            latents = encoded.latents
+        return latents * self.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents.to(self.dtype) / self.scaling_factor).sample
+
+    def _column(self, values: list[float], like: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(values, device=like.device, dtype=torch.float32).view(-1, 1, 1, 1)
+
+    def denoise(self, latents: torch.Tensor, states: list[StreamState]) -> torch.Tensor:
+        """Noise each frame at its stream's first timestep, then run every stream's steps, batched."""
+        first = [s.schedule[0] for s in states]
+        noise0 = torch.stack([s.noise[0] for s in states])
+        x = self._column([p.alpha for p in first], latents) * latents.float() + \
+            self._column([p.sigma for p in first], latents) * noise0.float()
+        result = torch.empty_like(x)
+        active = list(range(len(states)))
+        k = 0
+        while active:
+            sub = [states[i] for i in active]
+            steps = [s.schedule[k] for s in sub]
+            xs = x[active]
+            model_out = self._unet(xs, steps, sub)
+            alpha = self._column([p.alpha for p in steps], xs)
+            sigma = self._column([p.sigma for p in steps], xs)
+            x0 = predict_original(self.prediction_type, xs, model_out.float(), alpha, sigma)
+            denoised = self._column([p.c_out for p in steps], xs) * x0 + \
+                self._column([p.c_skip for p in steps], xs) * xs
+            next_alpha = self._column([p.next_alpha for p in steps], xs)
+            next_sigma = self._column([p.next_sigma for p in steps], xs)
+            if steps[0].renoise:  # LCM: re-noise the denoised sample with the stream's next fixed noise
+                fresh = torch.stack([s.noise[min(k + 1, len(s.schedule) - 1)] for s in sub]).float()
+                x_next = next_alpha * denoised + next_sigma * fresh
+            else:  # Euler: deterministic move along the predicted noise
+                eps = (xs - alpha * x0) / sigma
+                x_next = next_alpha * x0 + next_sigma * eps
+            still = []
+            for j, i in enumerate(active):
+                if k + 1 >= len(states[i].schedule):
+                    result[i] = denoised[j]
+                else:
+                    x[i] = x_next[j]
+                    still.append(i)
+            active = still
+            k += 1
+        return result.to(self.dtype)
+
+    def _unet(self, x: torch.Tensor, steps: list[StepScalars], states: list[StreamState]) -> torch.Tensor:
+        embeds = [s.embeds for s in states]
+        t = torch.tensor([p.timestep for p in steps], device=self.device)
+        cond = torch.cat([e.cond for e in embeds])
+        kwargs: dict[str, Any] = {}
+        if states[0].guidance_embedding is not None:
+            kwargs["timestep_cond"] = torch.cat([s.guidance_embedding for s in states])
+        guidance = [s.guidance_scale for s in states]
+        cfg = self.uses_cfg and any(g > 1.0 for g in guidance)
+        if self.components.sdxl:
+            h, w = self.config.height, self.config.width
+            time_ids = torch.tensor([[h, w, 0, 0, h, w]], device=self.device, dtype=self.dtype)
+            pooled = torch.cat([e.pooled for e in embeds])
+            kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids.repeat(len(states), 1)}
+        sample = x.to(self.dtype)
+        if not cfg:
+            return self.unet(sample, t, encoder_hidden_states=cond, return_dict=False, **kwargs)[0]
+        uncond = torch.cat([e.uncond for e in embeds])
+        if self.components.sdxl:
+            kwargs["added_cond_kwargs"] = {
+                "text_embeds": torch.cat([torch.cat([e.uncond_pooled for e in embeds]), pooled]),
+                "time_ids": kwargs["added_cond_kwargs"]["time_ids"].repeat(2, 1)}
+        if "timestep_cond" in kwargs:
+            kwargs["timestep_cond"] = kwargs["timestep_cond"].repeat(2, 1)
+        both = self.unet(torch.cat([sample, sample]), torch.cat([t, t]),
+                         encoder_hidden_states=torch.cat([uncond, cond]), return_dict=False, **kwargs)[0]
+        out_uncond, out_cond = both.float().chunk(2)
+        g = self._column(guidance, x)
+        guided = out_uncond + g * (out_cond - out_uncond)
+        no_cfg = self._column([1.0 if v <= 1.0 else 0.0 for v in guidance], x)
+        return no_cfg * out_cond + (1 - no_cfg) * guided

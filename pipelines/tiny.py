@@ -1,0 +1,113 @@
+"""Tiny random diffusers components, built in-process (no download), for smoke runs and tests.
+
+Their pictures are meaningless: the weights are random. The architecture is the real one (UNet2DCondition
+with a guidance embedding, CLIP text encoder and tokenizer, AutoencoderTiny or AutoencoderKL), so every code
+path of the frame step runs, and diffusers' reference pipelines accept the same components.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    AutoencoderTiny,
+    EulerDiscreteScheduler,
+    LCMScheduler,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+TEXT_DIM = 32
+
+
+def _bytes_to_unicode() -> list[str]:
+    # The byte -> printable character table of CLIP's byte-level BPE.
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+def tiny_tokenizer() -> CLIPTokenizer:
+    """A CLIP tokenizer whose vocabulary is single characters (no merges): tokenizes any text."""
+    chars = _bytes_to_unicode()
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
+        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
+        return CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), model_max_length=77)
+
+
+def tiny_text_encoder(vocab_size: int) -> CLIPTextModel:
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=TEXT_DIM, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, projection_dim=TEXT_DIM,
+        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+    ))
+
+
+def tiny_unet(guidance_embedding: bool, prediction_type_v: bool = False) -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TEXT_DIM, attention_head_dim=8, norm_num_groups=8,
+        time_cond_proj_dim=TEXT_DIM if guidance_embedding else None,
+    )
+
+
+def tiny_taesd() -> AutoencoderTiny:
+    return AutoencoderTiny(
+        encoder_block_out_channels=(16, 16, 16, 16), decoder_block_out_channels=(16, 16, 16, 16),
+        num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1), latent_channels=4,
+    )
+
+
+def tiny_vae_kl() -> AutoencoderKL:
+    return AutoencoderKL(
+        block_out_channels=(8, 8, 8, 8), in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1, norm_num_groups=4, sample_size=64,
+    )
+
+
+def lcm_scheduler() -> LCMScheduler:
+    return LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                        original_inference_steps=50, timestep_scaling=10.0, prediction_type="epsilon")
+
+
+def turbo_scheduler() -> EulerDiscreteScheduler:
+    return EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                  timestep_spacing="trailing", prediction_type="epsilon")
+
+
+def tiny_components(family: str = "lcm", *, seed: int = 0, full_vae: bool = False) -> dict:
+    """Components for diffusers' pipeline classes (``Pipeline(**components)``), random but reproducible.
+
+    ``family``: "lcm" (UNet with a guidance embedding, LCMScheduler), "lcm-lora" (plain UNet, LCMScheduler),
+    "turbo" (plain UNet, Euler with trailing timesteps).
+    """
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    return {
+        "unet": tiny_unet(guidance_embedding=family == "lcm").eval(),
+        "vae": (tiny_vae_kl() if full_vae else tiny_taesd()).eval(),
+        "text_encoder": tiny_text_encoder(len(tokenizer)).eval(),
+        "tokenizer": tokenizer,
+        "scheduler": turbo_scheduler() if family == "turbo" else lcm_scheduler(),
+        "safety_checker": None,
+        "feature_extractor": None,
+        "requires_safety_checker": False,
+    }
