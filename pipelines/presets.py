@@ -53,8 +53,9 @@ def build_config(preset: str | None = None, overrides: dict[str, Any] | None = N
         return PipelineConfig(**settings)
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "config"
-        raise PipelineError(f"bad setting {where}: {err['msg']}") from None
+        where = ".".join(str(p) for p in err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        raise PipelineError(f"bad setting{' ' + where if where else ''}: {message}") from None
 
 
 def load_pipeline(config: PipelineConfig | str | None = None, **overrides: Any) -> FramePipeline:

@@ -69,10 +69,18 @@ def tiny_unet(guidance_embedding: bool, prediction_type_v: bool = False) -> UNet
 
 
 def tiny_taesd() -> AutoencoderTiny:
-    return AutoencoderTiny(
+    vae = AutoencoderTiny(
         encoder_block_out_channels=(16, 16, 16, 16), decoder_block_out_channels=(16, 16, 16, 16),
         num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1), latent_channels=4,
     )
+    # PyTorch's default conv init shrinks the signal at every layer, so a random TAESD forgets its input and
+    # decodes a flat grey. Doubled weights keep it flowing: the output then follows the input and the prompt
+    # (still meaningless pictures, but tests can tell stylized from constant and from pass-through).
+    with torch.no_grad():
+        for module in vae.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.weight.mul_(2.0)
+    return vae
 
 
 def tiny_vae_kl() -> AutoencoderKL:

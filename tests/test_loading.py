@@ -1,0 +1,119 @@
+"""Loading through the project's own code, and the one-line errors a user gets when it cannot."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from diffusers import LatentConsistencyModelImg2ImgPipeline
+
+from pipelines.errors import PipelineError
+from pipelines.lcm_img2img import StreamPipeline
+from pipelines.presets import build_config, load_pipeline, preset_names
+from pipelines.tiny import tiny_components
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """An empty Hugging Face cache and the hub client told it is offline: nothing leaves the machine."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+def test_every_preset_is_a_valid_config():
+    names = preset_names()
+    assert {"lcm-dreamshaper", "sd15-lcm-lora", "sdxl-lcm-lora", "sd-turbo", "sdxl-turbo", "tiny",
+            "passthrough", "analytic"} <= set(names)
+    for name in names:
+        build_config(name)
+
+
+def test_default_preset_is_a_real_lcm_model_with_taesd():
+    config = build_config(None)
+    assert config.family == "lcm" and config.model_id and "taesd" in (config.vae_id or "")
+
+
+def test_unknown_preset_lists_the_presets():
+    with pytest.raises(PipelineError, match="unknown preset 'nope'; choose one of: .*tiny"):
+        load_pipeline("nope")
+
+
+def test_bad_setting_is_one_line():
+    with pytest.raises(PipelineError, match="bad setting: width must be a multiple of 8"):
+        build_config("tiny", {"width": 30})
+
+
+def test_offline_default_preset_names_the_model_and_how_to_get_it(offline):
+    with pytest.raises(PipelineError) as err:
+        load_pipeline(None)
+    message = str(err.value)
+    assert "SimianLuo/LCM_Dreamshaper_v7" in message and "hf download" in message and "offline" in message
+    assert "\n" not in message
+
+
+def test_offline_cli_one_line_no_traceback(tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-c", "import sys; from streamer.cli import main; "
+                           "from pipelines.presets import load_pipeline;"
+                           "sys.exit(main(['bench', '--device', 'cpu', '--quick', '--preset', 'lcm-dreamshaper',"
+                           " '--json', '/dev/null']))"],
+                          capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("streamer: error:") and "hf download" in lines[-1]
+    assert "Traceback" not in proc.stderr
+
+
+def test_folder_that_is_not_a_model(tmp_path):
+    (tmp_path / "unet").mkdir()
+    with pytest.raises(PipelineError, match="is not a diffusers model: missing model_index.json"):
+        StreamPipeline.from_pretrained(str(tmp_path), device="cpu")
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(PipelineError, match="does not exist"):
+        StreamPipeline.from_pretrained(str(tmp_path / "nothing"), device="cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_asked_for_but_absent():
+    with pytest.raises(PipelineError, match="CUDA was asked for .* --device cpu"):
+        load_pipeline("tiny", device="cuda")
+
+
+def test_float16_on_cpu_is_refused():
+    with pytest.raises(PipelineError, match="float16 is not supported on CPU"):
+        load_pipeline("tiny", device="cpu", dtype="float16")
+
+
+def test_local_folder_loads_and_runs(tmp_path):
+    LatentConsistencyModelImg2ImgPipeline(**tiny_components("lcm")).save_pretrained(tmp_path / "m")
+    pipe = StreamPipeline.from_pretrained(str(tmp_path / "m"), width=64, height=64, device="cpu")
+    out = pipe(np.full((1, 48, 80, 3), 128, np.uint8))
+    assert out.shape == (1, 48, 80, 3) and out.dtype == np.uint8
+
+
+@pytest.mark.parametrize("bad,match", [
+    (np.zeros((1, 8, 8, 3), np.float32), "uint8"),
+    (np.zeros((8, 8, 3), np.uint8), r"shape \(N, H, W, 3\)"),
+    (np.zeros((1, 8, 8, 4), np.uint8), r"shape \(N, H, W, 3\)"),
+    ([[1, 2, 3]], "numpy array"),
+])
+def test_bad_frames_raise_value_error(bad, match):
+    pipe = load_pipeline("tiny", device="cpu")
+    with pytest.raises(ValueError, match=match):
+        pipe(bad)
+
+
+def test_one_stream_id_per_frame():
+    pipe = load_pipeline("tiny", device="cpu")
+    with pytest.raises(ValueError, match="2 frames but 1 stream ids"):
+        pipe(np.zeros((2, 64, 64, 3), np.uint8), ["a"])

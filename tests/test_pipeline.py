@@ -1,0 +1,84 @@
+"""The frame step's behaviour as a user of the Python API sees it: sizes, streams, live parameter changes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines.presets import load_pipeline
+
+
+def gradient(h: int, w: int, shift: int = 0) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.stack([(x * 255 // max(w - 1, 1) + shift) % 256, y * 255 // max(h - 1, 1),
+                    ((x + y) * 4) % 256], -1)
+    return img.astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return load_pipeline("tiny", device="cpu", smoothing={"enabled": False})
+
+
+def test_any_input_size_comes_back_at_that_size(pipe):
+    for h, w in [(64, 64), (37, 91), (240, 320)]:
+        out = pipe(gradient(h, w)[None])
+        assert out.shape == (1, h, w, 3) and out.dtype == np.uint8
+
+
+def test_output_depends_on_input_and_is_stylized(pipe):
+    a = pipe(gradient(64, 64)[None])
+    b = pipe(gradient(64, 64, shift=128)[None])
+    assert np.abs(a.astype(int) - b.astype(int)).mean() > 1  # not a constant picture
+    assert np.abs(a.astype(int) - gradient(64, 64)[None]).mean() > 5  # not a pass-through
+
+
+def test_same_frame_same_output_fixed_noise(pipe):
+    frame = gradient(64, 64)[None]
+    assert np.array_equal(pipe(frame), pipe(frame))
+
+
+def test_seed_strength_and_steps_change_live(pipe):
+    frame = gradient(64, 64)[None]
+    base = pipe(frame, ["s"]).astype(int)
+    pipe.update("s", seed=99)
+    seeded = pipe(frame, ["s"]).astype(int)
+    assert np.abs(seeded - base).mean() > 0.5
+    pipe.update("s", seed=pipe.config.seed, strength=0.9)
+    stronger = pipe(frame, ["s"]).astype(int)
+    assert np.abs(stronger - base).mean() > 0.5
+    pipe.update("s", strength=pipe.config.strength, num_inference_steps=2)
+    assert np.abs(pipe(frame, ["s"]).astype(int) - base).mean() > 0.5
+    pipe.update("s", num_inference_steps=1)
+    assert np.array_equal(pipe(frame, ["s"]).astype(int), base)  # back to the same settings, same picture
+
+
+def test_prompt_change_fades_in_over_frames():
+    pipe = load_pipeline("tiny", device="cpu", smoothing={"enabled": False}, prompt_blend_frames=4)
+    frame = gradient(64, 64)[None]
+    old = pipe(frame, ["p"]).astype(int)
+    pipe.update("p", prompt="a completely different prompt about neon lights")
+    steps = [pipe(frame, ["p"]).astype(int) for _ in range(5)]
+    distances = [np.abs(s - old).mean() for s in steps]
+    assert distances[0] > 0  # the change starts at once
+    assert distances[0] < distances[3]  # and grows over the blend, not a hard cut
+    assert np.array_equal(steps[3], steps[4])  # done after prompt_blend_frames frames
+
+
+def test_streams_are_independent(pipe):
+    frame = np.stack([gradient(64, 64), gradient(64, 64)])
+    pipe.update("x", seed=1)
+    pipe.update("y", seed=2)
+    both = pipe(frame, ["x", "y"])
+    alone = pipe(frame[:1], ["x"])
+    assert np.abs(both[0].astype(int) - alone[0]).max() <= 1
+    assert np.abs(both[0].astype(int) - both[1]).mean() > 0.5
+    pipe.remove_stream("x")
+    assert "x" not in pipe.streams
+
+
+def test_bad_live_values_are_refused(pipe):
+    with pytest.raises(ValueError, match="strength must be in"):
+        pipe.update("s", strength=0)
+    with pytest.raises(ValueError, match="unknown parameter"):
+        pipe.update("s", colour="red")
