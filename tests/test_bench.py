@@ -1,0 +1,34 @@
+"""`streamer bench --quick` runs both pipelines on the same components and reports honest rows."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_quick_bench_json(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "streamer", "bench", "--device", "cpu", "--quick",
+                           "--batch", "1,2", "--steps", "1", "--vae", "taesd", "--iterations", "2",
+                           "--json", str(out)], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert [r["name"].split()[0] for r in rows] == ["diffusers", "streamer", "streamer"]
+    for row in rows:
+        assert set(row) >= {"name", "batch", "steps", "ms_per_frame", "fps", "ratio_vs_diffusers"}
+        assert row["ms_per_frame"] > 0
+        # fps and ms/frame describe the same measurement (allowing for the JSON's rounding)
+        assert abs(row["fps"] * row["ms_per_frame"] - 1000) < 1000 * 0.01
+    base = rows[0]["ms_per_frame"]
+    for row in rows[1:]:
+        assert abs(row["ratio_vs_diffusers"] - base / row["ms_per_frame"]) < 0.01 * row["ratio_vs_diffusers"] + 0.01
+    assert "diffusers" in proc.stdout and "ms/frame" in proc.stdout
+
+
+def test_bench_bad_output_folder(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "streamer", "bench", "--quick", "--json",
+                           str(tmp_path / "missing" / "b.json")], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 2
+    assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
