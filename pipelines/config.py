@@ -44,7 +44,6 @@ class PipelineConfig(BaseModel):
     device: str = "auto"
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     prompt_blend_frames: int = Field(4, ge=1, description="frames over which a new prompt fades in")
-    compile: bool = Field(True, description="on CUDA: torch.compile + CUDA graphs; ignored on CPU")
     smoothing: SmoothingConfig = Field(default_factory=SmoothingConfig)
 
     @model_validator(mode="after")

@@ -40,7 +40,6 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default=None, choices=["auto", "float16", "bfloat16", "float32"])
     g.add_argument("--smoothing", choices=["on", "off"], default=None,
                    help="latent temporal smoothing (default on); off = fixed noise only")
-    g.add_argument("--no-compile", action="store_true", help="on CUDA: skip torch.compile/CUDA graphs")
 
 
 def pipeline_config_from_args(args: argparse.Namespace, section: str = "pipeline") -> PipelineConfig:
@@ -61,6 +60,4 @@ def pipeline_config_from_args(args: argparse.Namespace, section: str = "pipeline
         overrides["width"], overrides["height"] = args.resolution
     if getattr(args, "smoothing", None) is not None:
         overrides["smoothing"] = {"enabled": args.smoothing == "on"}
-    if getattr(args, "no_compile", False):
-        overrides["compile"] = False
     return build_config(preset, overrides)
