@@ -42,3 +42,7 @@ class Source(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SourceTimeout(SourceError, TimeoutError):
+    """No frame arrived in time (a stalled or reconnecting live source); the caller keeps its sinks' pace."""
