@@ -17,11 +17,11 @@ class SmoothingConfig(BaseModel):
     enabled: bool = True
     input_blend: float = Field(0.6, ge=0.0, lt=1.0, description="weight of the previous input latent where still")
     output_blend: float = Field(0.5, ge=0.0, lt=1.0, description="weight of the previous output latent where still")
-    motion_threshold: float = Field(0.08, gt=0.0, description="latent change (per pixel, mean over channels) counted as motion")
+    motion_threshold: float = Field(0.03, gt=0.0, description="pooled input change (0-1) counted as full motion")
     skip_similarity: float = Field(0.995, gt=0.0, le=1.0, description="input similarity above which the model is skipped")
     max_skip: int = Field(3, ge=0, description="most frames in a row re-emitted without running the model")
     motion_compensation: bool = Field(False, description="warp the previous latents by optical flow before blending")
-    scene_cut_threshold: float = Field(0.35, gt=0.0, description="mean input change (0-1) treated as a cut: state reset")
+    scene_cut_threshold: float = Field(0.12, gt=0.0, description="mean input change (0-1) treated as a cut: state reset")
 
 
 class PipelineConfig(BaseModel):

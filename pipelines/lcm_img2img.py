@@ -146,10 +146,12 @@ class StreamPipeline:
                 value = {"enabled": value}
             if isinstance(value, str):
                 value = {"enabled": value.lower() in ("on", "true", "1")}
-            state.smoothing = state.smoothing.model_copy(update=dict(value))
-            SmoothingConfig.model_validate(state.smoothing.model_dump())
+            was_enabled = state.smoothing.enabled
+            state.smoothing = SmoothingConfig.model_validate({**state.smoothing.model_dump(), **dict(value)})
             if state.smoother is not None:
                 state.smoother.config = state.smoothing
+                if state.smoothing.enabled != was_enabled:
+                    state.smoother.reset()  # never blend with latents from before it was switched off
         self._rebuild(state, prompt="prompt" in params or "negative_prompt" in params,
                       schedule=old != (state.strength, state.num_inference_steps, state.seed),
                       guidance="guidance_scale" in params, blend=True)

@@ -1,0 +1,1 @@
+"""Temporal quality of stylized video: generated clips, flicker / warp error / lag metrics, plots."""
