@@ -1,11 +1,213 @@
-"""`streamer run` (being built)."""
+"""`streamer run`: a live source through the model into sinks, until the source ends, --duration, or Ctrl-C.
+
+Exit status: 0 when the run ends cleanly, also after Ctrl-C (SIGINT) or SIGTERM: capture stops, the frame
+in flight finishes and every sink is closed, so a recorded file plays. A second Ctrl-C exits at once with
+130. 2 when something cannot be opened or a setting is wrong (one line on stderr).
+"""
+
+from __future__ import annotations
 
 import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from pipelines.presets import read_yaml
+from streamer.config import add_pipeline_args, pipeline_config_from_args
+
+EXAMPLES = """examples:
+  streamer run --source webcam:0 --sink virtualcam --prompt "a watercolor painting"
+  streamer run --source rtsp://127.0.0.1:8554/cam --sink out.mp4 --sink preview --duration 60
+  streamer run --source testsrc --sink out.mp4 --preset passthrough --duration 5 --stats stats.json
+  streamer run --config configs/setups/webcam-to-virtualcam.yaml --control-port 8765
+
+--config FILE takes a setup file with 'source:', 'sinks:', 'run:' (duration, stats, control_port) and
+'pipeline:' sections (see configs/setups/); flags given on the command line win over it.
+
+Ctrl-C or SIGTERM stops cleanly: the frame in flight finishes, every sink is closed (a recording plays),
+exit status 0. A second Ctrl-C exits at once (130). Anything that cannot be opened: one line, exit 2.
+
+live control: type 'prompt a watercolor', 'strength 0.6', 'seed 3' or 'smoothing off' (when stdin is a
+terminal or with --control-stdin), or POST JSON to http://127.0.0.1:PORT/params with --control-port.
+"""
+
+SOURCE_KEYS = ("spec", "width", "height", "fps", "realtime", "loop", "transport", "timeout")
+RUN_KEYS = ("duration", "stats", "control_port", "progress", "codec", "crf")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EXAMPLES
+    io = parser.add_argument_group("input and output")
+    io.add_argument("--source", default=None,
+                    help="webcam:0, /dev/video0, rtsp://..., srt://..., udp://..., http://..., a file, pipe:, "
+                         "testsrc or testsrc:640x360@30")
+    io.add_argument("--sink", action="append", default=None, metavar="SINK",
+                    help="repeatable: virtualcam, virtualcam:/dev/video10, preview, out.mp4, udp://..., "
+                         "srt://...?mode=listener, rtsp://...")
+    io.add_argument("--width", type=int, default=None, help="ask the source for this width (scaled if needed)")
+    io.add_argument("--height", type=int, default=None, help="ask the source for this height")
+    io.add_argument("--fps", type=float, default=None, help="ask a camera or testsrc for this frame rate")
+    io.add_argument("--realtime", action="store_true",
+                    help="play a file at its own rate, as if live (otherwise as fast as possible, no drops)")
+    io.add_argument("--loop", action="store_true", help="restart a file at its end")
+    io.add_argument("--transport", choices=["tcp", "udp"], default=None, help="RTSP transport (default tcp)")
+    io.add_argument("--timeout", type=float, default=None,
+                    help="seconds to wait when connecting to a network source (default 5)")
+    io.add_argument("--codec", default=None, help="encoder for file and network sinks (default libx264)")
+    io.add_argument("--crf", type=int, default=None, help="quality for file and network sinks (default 23)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    run.add_argument("--stats", type=Path, default=None, metavar="FILE", help="write run statistics as JSON")
+    run.add_argument("--progress", action="store_true", help="show the live status line even when not a terminal")
+    run.add_argument("--control-port", type=int, default=None, metavar="N",
+                     help="HTTP control on 127.0.0.1:N (GET/POST /params, GET /stats, /metrics); 0 = off")
+    run.add_argument("--control-stdin", action="store_true",
+                     help="read control commands from stdin even when it is not a terminal")
+    add_pipeline_args(parser)
+
+
+def _setup_from_file(path: Path | None) -> dict[str, Any]:
+    """The source/sinks/run sections of a setup file (its pipeline section is read by the model config)."""
+    if path is None:
+        return {}
+    data = read_yaml(path)
+    setup: dict[str, Any] = {}
+    source = data.get("source")
+    if isinstance(source, str):
+        setup["spec"] = source
+    elif isinstance(source, dict):
+        unknown = sorted(set(source) - set(SOURCE_KEYS))
+        if unknown:
+            raise ValueError(f"{path}: unknown source setting {unknown[0]!r}; known: {', '.join(SOURCE_KEYS)}")
+        setup.update(source)
+    elif source is not None:
+        raise ValueError(f"{path}: 'source' must be a spec such as testsrc or a mapping with 'spec'")
+    sinks = data.get("sinks", data.get("sink"))
+    if sinks is not None:
+        sinks = [sinks] if isinstance(sinks, str) else sinks
+        if not isinstance(sinks, list) or not all(isinstance(s, str) for s in sinks):
+            raise ValueError(f"{path}: 'sinks' must be a list of sink specs such as [out.mp4, virtualcam]")
+        setup["sinks"] = sinks
+    run = data.get("run") or {}
+    if not isinstance(run, dict) or set(run) - set(RUN_KEYS):
+        raise ValueError(f"{path}: 'run' may hold: {', '.join(RUN_KEYS)}")
+    setup.update(run)
+    return setup
+
+
+def _positive(name: str, value: float | None) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"--{name} must be positive, got {value:g}")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("streamer run: not built yet")
+    from streamer.sinks.factory import make_sinks
+    from streamer.sources import open_source
+
+    setup = _setup_from_file(args.config)
+
+    def pick(name: str, default: Any = None) -> Any:
+        value = getattr(args, name, None)
+        if value is None or value is False:
+            value = setup.get(name, default)
+        return default if value is None else value
+
+    spec = args.source or setup.get("spec")
+    if not spec:
+        raise ValueError("give a --source (webcam:0, rtsp://..., a file, testsrc) or 'source:' in --config")
+    sink_specs = args.sink or setup.get("sinks")
+    for name in ("duration", "width", "height", "fps", "timeout"):
+        _positive(name, pick(name))
+    control_port = int(pick("control_port", 0))
+    if not 0 <= control_port <= 65535:
+        raise ValueError(f"--control-port must be 0-65535, got {control_port}")
+    config = pipeline_config_from_args(args)
+
+    av_options = {k: v for k, v in (("codec", pick("codec")), ("crf", pick("crf"))) if v is not None}
+    sinks = make_sinks(list(sink_specs or []), **av_options)
+    source = open_source(spec, width=pick("width"), height=pick("height"), fps=pick("fps"),
+                         realtime=bool(pick("realtime", False)), loop=bool(pick("loop", False)),
+                         transport=pick("transport", "tcp"), timeout=float(pick("timeout", 5.0)))
+    source.open()
+    try:
+        return _run_opened(args, source, sinks, config, pick, control_port)
+    finally:
+        source.close()
+
+
+def _run_opened(args: argparse.Namespace, source: Any, sinks: list, config: Any, pick: Any,
+                control_port: int) -> int:
+    from pipelines.presets import load_pipeline
+    from streamer.control import ControlServer, LiveParams, TerminalControl, initial_params
+    from streamer.runtime import Runtime
+    from streamer.stats import RunStats
+    from streamer.worker import GpuWorker
+
+    stats = RunStats()
+    stats_path = pick("stats")
+    show_progress = bool(pick("progress", False)) or sys.stderr.isatty()
+    pipeline = load_pipeline(config)
+    worker = GpuWorker(pipeline, on_batch=stats.batch)
+    server = None
+    try:
+        params = LiveParams(worker, ["default"], initial_params(config))
+        if control_port:
+            server = ControlServer(params, control_port, stats=stats).start()
+            print(f"streamer: control on {server.url}/params", file=sys.stderr, flush=True)
+        if args.control_stdin or sys.stdin.isatty():
+            TerminalControl(params).start()
+
+        def tick(current: RunStats) -> None:
+            if show_progress:
+                sys.stderr.write("\r\x1b[2K" + current.status_line())
+                sys.stderr.flush()
+
+        runtime = Runtime(source, sinks, worker, stats=stats, duration=pick("duration"), fps=pick("fps"),
+                          on_tick=tick)
+        with _stop_on_signals(runtime):
+            try:
+                runtime.run()
+            finally:
+                if show_progress:
+                    sys.stderr.write("\n")
+                if stats_path:
+                    stats.write_json(stats_path)
+        snap = stats.snapshot()
+        lat = snap["latency_ms"]
+        print(f"streamer: {snap['frames_in']} frames in, {snap['frames_out']} out, {snap['dropped']} dropped, "
+              f"latency p50 {lat['p50']} ms p95 {lat['p95']} ms" + (f"; stats in {stats_path}" if stats_path
+                                                                      else ""), file=sys.stderr)
+        return 0
+    finally:
+        if server is not None:
+            server.close()
+        worker.close()
+
+
+class _stop_on_signals:  # noqa: N801 - used as a context manager, reads like one
+    """SIGINT/SIGTERM stop the runtime cleanly; a second SIGINT interrupts at once (exit 130)."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.runtime = runtime
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.runtime.stopping and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        print("\nstreamer: stopping (finishing the frame in flight, closing sinks)...", file=sys.stderr,
+              flush=True)
+        self.runtime.stop()
+
+    def __enter__(self) -> _stop_on_signals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)

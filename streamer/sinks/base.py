@@ -19,6 +19,7 @@ class Sink(ABC):
     """
 
     name: str = "sink"
+    live: bool = False  # shows frames as they come (window, virtual camera, network): paced by the runtime
 
     @abstractmethod
     def open(self, width: int, height: int, fps: float) -> None: ...

@@ -1,0 +1,292 @@
+"""Change prompt, strength, seed and smoothing while a stream runs: checks, terminal lines, a local HTTP API.
+
+``validate_params`` is the one place live parameters are checked (the WebRTC server uses it too); every
+change reaches the model through ``GpuWorker.update`` on the worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, TextIO
+
+from pydantic import ValidationError
+
+from pipelines.config import PipelineConfig, SmoothingConfig
+
+log = logging.getLogger(__name__)
+
+LIVE_PARAMS = ("prompt", "negative_prompt", "strength", "seed", "num_inference_steps", "guidance_scale",
+               "smoothing")
+MAX_PROMPT_CHARS = 2000
+MAX_BODY_BYTES = 64 * 1024
+UPDATE_TIMEOUT_S = 30.0
+
+COMMAND_HELP = ("commands: prompt TEXT | negative_prompt TEXT | strength 0-1 | seed N | steps N | "
+                "guidance X | smoothing on|off | params | help")
+_ALIASES = {"steps": "num_inference_steps", "guidance": "guidance_scale", "negative": "negative_prompt",
+            "negative-prompt": "negative_prompt"}
+
+
+def _number(name: str, value: Any, *, integer: bool = False) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    try:
+        number = int(value) if integer and not isinstance(value, float) else float(value)
+    except ValueError:
+        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}") from None
+    if integer and number != int(number):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return int(number) if integer else number
+
+
+def _smoothing(value: Any) -> dict[str, Any]:
+    if isinstance(value, bool):
+        return {"enabled": value}
+    if isinstance(value, str) and value.strip().lower() in ("on", "off", "true", "false"):
+        return {"enabled": value.strip().lower() in ("on", "true")}
+    if isinstance(value, Mapping):
+        try:
+            SmoothingConfig(**value)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "smoothing"
+            raise ValueError(f"smoothing.{where}: {err['msg']}") from None
+        return dict(value)
+    raise ValueError(f"smoothing must be on/off, true/false or a mapping of smoothing settings, got {value!r}")
+
+
+def validate_params(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Check live parameter changes; return keyword arguments for ``update``. ValueError names the bad one."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"parameters must be a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(LIVE_PARAMS))
+    if unknown:
+        raise ValueError(f"unknown parameter {unknown[0]!r}; live parameters are: {', '.join(LIVE_PARAMS)}")
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in ("prompt", "negative_prompt"):
+            if not isinstance(value, str):
+                raise ValueError(f"{key} must be text, got {value!r}")
+            if len(value) > MAX_PROMPT_CHARS:
+                raise ValueError(f"{key} is {len(value)} characters; keep it under {MAX_PROMPT_CHARS}")
+            out[key] = value.strip()
+        elif key == "strength":
+            strength = _number(key, value)
+            if not 0.0 < strength <= 1.0:
+                raise ValueError(f"strength must be above 0 and at most 1, got {value!r}")
+            out[key] = strength
+        elif key == "seed":
+            seed = _number(key, value, integer=True)
+            if not 0 <= seed < 2**63:
+                raise ValueError(f"seed must be a whole number from 0 to 2**63-1, got {value!r}")
+            out[key] = seed
+        elif key == "num_inference_steps":
+            steps = _number(key, value, integer=True)
+            if not 1 <= steps <= 8:
+                raise ValueError(f"num_inference_steps must be 1 to 8 (1 or 2 for real time), got {value!r}")
+            out[key] = steps
+        elif key == "guidance_scale":
+            guidance = _number(key, value)
+            if guidance < 0:
+                raise ValueError(f"guidance_scale must be 0 or more, got {value!r}")
+            out[key] = guidance
+        elif key == "smoothing":
+            out[key] = _smoothing(value)
+    return out
+
+
+def parse_command(line: str) -> tuple[str, dict[str, Any]]:
+    """A terminal line -> ("set", params) | ("params", {}) | ("help", {}) | ("none", {}). ValueError if bad.
+
+    Examples: ``prompt a watercolor``, ``strength 0.6``, ``seed 3``, ``smoothing off``.
+    """
+    text = line.strip()
+    if not text:
+        return "none", {}
+    word, _, rest = text.partition(" ")
+    word = _ALIASES.get(word.lower(), word.lower())
+    rest = rest.strip()
+    if word in ("help", "?"):
+        return "help", {}
+    if word in ("params", "show"):
+        return "params", {}
+    if word not in LIVE_PARAMS:
+        raise ValueError(f"unknown command {word!r}; {COMMAND_HELP}")
+    if not rest and word not in ("prompt", "negative_prompt"):
+        raise ValueError(f"{word} needs a value, e.g. '{word} {'off' if word == 'smoothing' else '1'}'")
+    return "set", validate_params({word: rest})
+
+
+def initial_params(config: PipelineConfig) -> dict[str, Any]:
+    """The live parameters a pipeline starts with, in the shape GET /params reports."""
+    return {
+        "prompt": config.prompt,
+        "negative_prompt": config.negative_prompt,
+        "strength": config.strength,
+        "seed": config.seed,
+        "num_inference_steps": config.num_inference_steps,
+        "guidance_scale": config.guidance_scale,
+        "smoothing": config.smoothing.enabled,
+    }
+
+
+class LiveParams:
+    """The current parameters of some streams; ``apply`` checks a change and sends it to the worker."""
+
+    def __init__(self, worker: Any, stream_ids: Iterable[str], initial: Mapping[str, Any] | None = None) -> None:
+        self.worker = worker
+        self.stream_ids = list(stream_ids)
+        self._current = dict(initial or {})
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._current)
+
+    def apply(self, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate, update every stream, return all current parameters. ValueError if a value is bad."""
+        params = validate_params(changes)
+        if not params:
+            return self.current
+        with self._lock:  # one change at a time, so the reported state matches what the model has
+            for stream_id in self.stream_ids:
+                self.worker.update(stream_id, **params).result(timeout=UPDATE_TIMEOUT_S)
+            for key, value in params.items():
+                if key == "smoothing":
+                    self._current["smoothing"] = value.get("enabled", self._current.get("smoothing", True))
+                else:
+                    self._current[key] = value
+            return dict(self._current)
+
+
+def _json_response(handler: BaseHTTPRequestHandler, status: int, body: Any, content_type: str = "") -> None:
+    data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type or "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+class ControlServer:
+    """GET/POST /params, GET /stats (JSON), GET /metrics (Prometheus) on 127.0.0.1, on its own thread.
+
+    ``port=0`` lets the system choose (see ``.port``). Only the local machine can reach it.
+    """
+
+    def __init__(self, params: LiveParams, port: int, *, stats: Any = None, host: str = "127.0.0.1") -> None:
+        self.params = params
+        self.stats = stats
+        handler = self._handler_class()
+        try:
+            self._server = ThreadingHTTPServer((host, port), handler)
+        except OSError as exc:
+            raise ValueError(f"cannot listen on {host}:{port} for control ({exc.strerror}); "
+                             "choose another --control-port") from None
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_address[1])
+        self.url = f"http://{host}:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="control-http", daemon=True)
+
+    def start(self) -> ControlServer:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join(5)
+        self._server.server_close()
+
+    def __enter__(self) -> ControlServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base
+                log.debug("control: " + format, *args)
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                path = self.path.split("?", 1)[0]
+                if path == "/params":
+                    _json_response(self, HTTPStatus.OK, server.params.current)
+                elif path == "/stats" and server.stats is not None:
+                    _json_response(self, HTTPStatus.OK, server.stats.snapshot())
+                elif path == "/metrics" and server.stats is not None:
+                    _json_response(self, HTTPStatus.OK, server.stats.prometheus(),
+                                   "text/plain; version=0.0.4")
+                else:
+                    _json_response(self, HTTPStatus.NOT_FOUND, {"error": f"no route {path}; try /params"})
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                if self.path.split("?", 1)[0] != "/params":
+                    _json_response(self, HTTPStatus.NOT_FOUND, {"error": "POST goes to /params"})
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                if length > MAX_BODY_BYTES:
+                    _json_response(self, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "body too large"})
+                    return
+                try:
+                    changes = json.loads(self.rfile.read(length) or b"{}")
+                    applied = server.params.apply(changes)
+                except json.JSONDecodeError as exc:
+                    _json_response(self, HTTPStatus.BAD_REQUEST, {"error": f"body is not JSON: {exc.msg}"})
+                except ValueError as exc:
+                    _json_response(self, HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+                except Exception as exc:  # noqa: BLE001 - the pipeline refused; tell the client why
+                    log.warning("control: update failed: %s", exc)
+                    _json_response(self, HTTPStatus.INTERNAL_SERVER_ERROR, {"error": str(exc)})
+                else:
+                    _json_response(self, HTTPStatus.OK, applied)
+
+        return Handler
+
+
+class TerminalControl:
+    """Reads commands typed on stdin (``prompt a watercolor``, ``strength 0.6``...) on a daemon thread."""
+
+    def __init__(self, params: LiveParams, stream: TextIO | None = None,
+                 reply: Callable[[str], None] | None = None) -> None:
+        self.params = params
+        self.stream = stream or sys.stdin
+        self.reply = reply or (lambda text: print(text, file=sys.stderr, flush=True))
+        self._thread = threading.Thread(target=self._run, name="control-stdin", daemon=True)
+
+    def start(self) -> TerminalControl:
+        self._thread.start()
+        return self
+
+    def handle(self, line: str) -> str | None:
+        """Apply one line; return the reply to show (None for an empty line)."""
+        try:
+            kind, params = parse_command(line)
+            if kind == "none":
+                return None
+            if kind == "help":
+                return COMMAND_HELP
+            if kind == "params":
+                return json.dumps(self.params.current)
+            current = self.params.apply(params)
+            return "ok: " + ", ".join(f"{k}={current.get(k)!r}" for k in params)
+        except ValueError as exc:
+            return f"error: {exc}"
+        except Exception as exc:  # noqa: BLE001 - keep the control loop alive whatever the pipeline says
+            return f"error: the pipeline refused the change: {exc}"
+
+    def _run(self) -> None:
+        for line in self.stream:
+            answer = self.handle(line)
+            if answer:
+                self.reply(answer)
