@@ -1,11 +1,76 @@
-"""`streamer serve` (being built)."""
+"""`streamer serve`: a WebRTC server. A browser page for your camera, WHIP in / WHEP out for OBS, a relayed
+server-side source at /watch, Prometheus metrics; every session shares one GPU worker."""
+
+from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from streamer.config import add_pipeline_args, pipeline_config_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.epilog = ("Open http://HOST:PORT/ in a browser (add ?token=T with --token). OBS: publish with WHIP "
+                     "to http://HOST:PORT/whip (Bearer token = T), play the result with WHEP from /whep or "
+                     "add /watch as a Browser Source.")
+    g = parser.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; another address needs --token or --insecure)")
+    g.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 = any free port)")
+    g.add_argument("--token", default=None,
+                   help="require 'Authorization: Bearer TOKEN' on signalling, controls and /metrics")
+    g.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without --token")
+    g.add_argument("--max-sessions", type=int, default=4,
+                   help="most stylized streams at once (browser + WHIP); more get 503 (default 4)")
+    g.add_argument("--max-viewers", type=int, default=32, help="most WHEP / /watch viewers at once (default 32)")
+    g.add_argument("--idle-timeout", type=float, default=10.0,
+                   help="close a session whose peer sent no frame for this many seconds (default 10)")
+    g.add_argument("--max-batch", type=int, default=8, help="most frames in one model call (default 8)")
+    g.add_argument("--cert", type=Path, default=None, help="TLS certificate (PEM) for HTTPS")
+    g.add_argument("--key", type=Path, default=None, help="TLS private key (PEM) for HTTPS")
+    g.add_argument("--source", default=None,
+                   help="a server-side source (rtsp://..., a file, testsrc) stylized once and shown at /watch")
+    g.add_argument("--ice-server", action="append", default=[], metavar="URL",
+                   help="STUN/TURN server, repeatable (stun:host:3478, turn:host:3478); default none")
+    g.add_argument("--ice-username", default=None, help="username for the TURN servers")
+    g.add_argument("--ice-credential", default=None, help="password for the TURN servers")
+    g.add_argument("--ice-address", action="append", default=[], metavar="ADDR",
+                   help="offer ICE host candidates only on this address, repeatable (e.g. 127.0.0.1 for "
+                        "peers on this machine: loopback is otherwise left out)")
+    add_pipeline_args(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("streamer serve: not built yet")
+    from streamer.server.app import ServerOptions, run_server
+
+    options = ServerOptions(
+        host=args.host, port=args.port, token=args.token, insecure=args.insecure,
+        max_sessions=args.max_sessions, max_viewers=args.max_viewers, idle_timeout=args.idle_timeout,
+        ice_servers=args.ice_server, ice_username=args.ice_username, ice_credential=args.ice_credential,
+        ice_addresses=args.ice_address, cert=args.cert, key=args.key, source=args.source,
+        max_batch=args.max_batch,
+    )
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be 0-65535, got {args.port}")
+    if args.max_batch < 1:
+        raise ValueError(f"--max-batch must be at least 1, got {args.max_batch}")
+    options.check()  # before loading a model: a bad flag should fail in a second, not after a download
+
+    from pipelines.presets import load_pipeline
+
+    config = pipeline_config_from_args(args)
+    options.defaults = {"prompt": config.prompt, "strength": config.strength, "seed": config.seed,
+                        "smoothing": config.smoothing.enabled}
+    pipeline = load_pipeline(config)
+    source = None
+    if args.source:
+        from streamer.sources import open_source
+
+        # A file plays at its own rate, over and over: /watch is a live show, not a transcode.
+        source = open_source(args.source, realtime=True, loop=True, stream_id="source")
+        source.open()
+    try:
+        return run_server(options, pipeline, source)
+    finally:
+        if source is not None:
+            source.close()

@@ -1,0 +1,242 @@
+"""The aiohttp application: pages, signalling (/offer, WHIP, WHEP), live controls, metrics; and its runner."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import ssl
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from pipelines.frames import FramePipeline
+from streamer.server import whip
+from streamer.server.auth import check_bind, token_middleware
+from streamer.server.metrics import ServerMetrics
+from streamer.server.sessions import (
+    CapacityError,
+    NotFoundError,
+    OfferError,
+    SessionManager,
+    SourceFeed,
+    ice_configuration,
+    restrict_host_candidates,
+)
+from streamer.worker import GpuWorker
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
+SHUTDOWN_TIMEOUT = 10.0
+MANAGER = web.AppKey("manager", SessionManager)
+METRICS = web.AppKey("metrics", ServerMetrics)
+OPTIONS = web.AppKey("options", object)
+
+
+@dataclass
+class ServerOptions:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token: str | None = None
+    insecure: bool = False
+    max_sessions: int = 4
+    max_viewers: int = 32
+    idle_timeout: float = 10.0
+    max_body: int = 256 * 1024  # an SDP offer is a few kB; anything far larger is refused with 413
+    ice_servers: list[str] = field(default_factory=list)
+    ice_username: str | None = None
+    ice_credential: str | None = None
+    ice_addresses: list[str] = field(default_factory=list)
+    cert: Path | None = None
+    key: Path | None = None
+    source: str | None = None
+    max_batch: int = 8
+    defaults: dict[str, Any] = field(default_factory=dict)  # the pipeline's prompt etc., shown by the page
+
+    def check(self) -> None:
+        check_bind(self.host, self.token, self.insecure)
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("HTTPS needs both --cert FILE and --key FILE")
+        for flag, path in (("--cert", self.cert), ("--key", self.key)):
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{flag} {path}: no such file")
+        if self.max_sessions < 1:
+            raise ValueError(f"--max-sessions must be at least 1, got {self.max_sessions}")
+        if self.idle_timeout <= 0:
+            raise ValueError(f"--idle-timeout must be positive, got {self.idle_timeout}")
+        for url in self.ice_servers:
+            if not url.startswith(("stun:", "turn:", "turns:")):
+                raise ValueError(f"--ice-server must be a stun:, turn: or turns: URL, got {url!r}")
+
+
+@web.middleware
+async def errors_middleware(request: web.Request,
+                            handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Turn the session layer's errors into one-line HTTP answers."""
+    try:
+        return await handler(request)
+    except CapacityError as exc:
+        raise web.HTTPServiceUnavailable(text=f"{exc}\n", headers={"Retry-After": "10"}) from None
+    except NotFoundError as exc:
+        raise web.HTTPNotFound(text=f"{exc.args[0]}\n") from None
+    except (OfferError, ValueError) as exc:
+        raise web.HTTPBadRequest(text=f"{exc}\n") from None
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    try:
+        data = json.loads(await request.text())
+    except json.JSONDecodeError as exc:
+        raise web.HTTPBadRequest(text=f"body is not valid JSON: {exc}\n") from None
+    if not isinstance(data, dict):
+        raise web.HTTPBadRequest(text="body must be a JSON object\n")
+    return data
+
+
+def create_app(options: ServerOptions, worker: GpuWorker, metrics: ServerMetrics | None = None,
+               source_feed: SourceFeed | None = None) -> web.Application:
+    metrics = metrics or ServerMetrics()
+    ice = ice_configuration(options.ice_servers, options.ice_username, options.ice_credential)
+    manager = SessionManager(worker, metrics, ice=ice, max_sessions=options.max_sessions,
+                             max_viewers=options.max_viewers, idle_timeout=options.idle_timeout)
+    if source_feed is not None:
+        manager.add_source(source_feed)
+    app = web.Application(middlewares=[token_middleware(options.token), errors_middleware],
+                          client_max_size=options.max_body)
+    app[MANAGER] = manager
+    app[METRICS] = metrics
+    app[OPTIONS] = options
+
+    async def page(request: web.Request) -> web.FileResponse:
+        name = "watch.html" if request.path == "/watch" else "index.html"
+        return web.FileResponse(STATIC / name, headers={"Cache-Control": "no-store"})
+
+    async def config(request: web.Request) -> web.Response:
+        servers = [{"urls": url} for url in options.ice_servers]
+        return web.json_response({"iceServers": servers, "streams": sorted(manager.broadcasts),
+                                  "defaults": options.defaults})
+
+    async def offer(request: web.Request) -> web.Response:
+        data = await read_json(request)
+        if data.get("type", "offer") != "offer":
+            raise web.HTTPBadRequest(text="type must be 'offer'\n")
+        session, answer = await manager.open_stylizing(data.get("sdp"), kind="browser",
+                                                       params=data.get("params"))
+        return web.json_response({"sdp": answer, "type": "answer", "session_id": session.id})
+
+    async def set_params(request: web.Request) -> web.Response:
+        data = await read_json(request)
+        applied = await manager.apply_params(request.match_info["id"], data)
+        return web.json_response({"ok": True, "params": applied})
+
+    async def sessions(request: web.Request) -> web.Response:
+        return web.json_response({
+            "counts": manager.counts(), "max_sessions": manager.max_sessions,
+            "sessions": [{"id": s.id, "kind": s.kind, **s.stats.as_dict()} for s in manager.sessions.values()],
+        })
+
+    async def session_stats(request: web.Request) -> web.Response:
+        session = manager.sessions.get(request.match_info["id"])
+        if session is None:
+            raise web.HTTPNotFound(text="no such session\n")
+        return web.json_response(session.stats.as_dict())
+
+    async def end_session(request: web.Request) -> web.Response:
+        if request.match_info["id"] not in manager.sessions:
+            raise web.HTTPNotFound(text="no such session\n")
+        await manager.close(request.match_info["id"])
+        return web.Response(status=200)
+
+    async def prometheus(request: web.Request) -> web.Response:
+        text = metrics.render(manager.counts(), manager.stream_stats())
+        return web.Response(text=text, content_type="text/plain", charset="utf-8",
+                            headers={"X-Content-Type-Options": "nosniff"})
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app.router.add_get("/", page)
+    app.router.add_get("/watch", page)
+    app.router.add_static("/static/", STATIC)
+    app.router.add_get("/config", config)
+    app.router.add_post("/offer", offer)
+    app.router.add_get("/sessions", sessions)
+    app.router.add_get("/sessions/{id}", session_stats)
+    app.router.add_post("/sessions/{id}/params", set_params)
+    app.router.add_delete("/sessions/{id}", end_session)
+    app.router.add_get("/metrics", prometheus)
+    app.router.add_get("/healthz", health)
+    whip.add_routes(app, manager)
+
+    async def on_startup(app: web.Application) -> None:
+        manager.start()
+        if source_feed is not None:
+            source_feed.start()
+
+    async def on_shutdown(app: web.Application) -> None:
+        await manager.close_all()
+
+    app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
+    return app
+
+
+def ssl_context(options: ServerOptions) -> ssl.SSLContext | None:
+    if options.cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(options.cert, options.key)
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(f"--cert/--key could not be loaded: {exc}") from None
+    return context
+
+
+def run_server(options: ServerOptions, pipeline: FramePipeline, source: Any = None) -> int:
+    """Serve until SIGINT/SIGTERM; then close every peer connection and stop the worker."""
+    options.check()
+    context = ssl_context(options)
+    if options.ice_addresses:
+        restrict_host_candidates(options.ice_addresses)
+    metrics = ServerMetrics()
+    worker = GpuWorker(pipeline, max_batch=options.max_batch, on_batch=metrics.observe_batch)
+    try:
+        return asyncio.run(_serve(options, worker, metrics, context, source))
+    finally:
+        worker.close(timeout=SHUTDOWN_TIMEOUT)
+
+
+async def _serve(options: ServerOptions, worker: GpuWorker, metrics: ServerMetrics,
+                 context: ssl.SSLContext | None, source: Any) -> int:
+    loop = asyncio.get_running_loop()
+    feed = SourceFeed(source, loop) if source is not None else None
+    app = create_app(options, worker, metrics, feed)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, options.host, options.port, ssl_context=context)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ValueError(f"cannot listen on {options.host}:{options.port}: {exc.strerror or exc}") from None
+    port = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else options.port
+    scheme = "https" if context else "http"
+    host = f"[{options.host}]" if ":" in options.host else options.host
+    print(f"streamer: serving on {scheme}://{host}:{port}/  (viewer: /watch, WHIP: /whip, WHEP: /whep, "
+          f"metrics: /metrics)", file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("streamer: shutting down", file=sys.stderr, flush=True)
+    try:
+        await asyncio.wait_for(runner.cleanup(), SHUTDOWN_TIMEOUT)
+    except TimeoutError:
+        log.warning("shutdown took longer than %.0f s; leaving the rest to process exit", SHUTDOWN_TIMEOUT)
+    return 0

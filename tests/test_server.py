@@ -1,0 +1,382 @@
+"""`streamer serve`: real aiortc peers over 127.0.0.1 against the real aiohttp app (in-process on a real
+port, or the `streamer serve` command as a subprocess)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import pytest
+from aiohttp import web
+
+from streamer.server.app import ServerOptions, create_app
+from streamer.server.metrics import ServerMetrics
+from streamer.worker import GpuWorker
+from tests.webrtc_helpers import (
+    BRIGHT,
+    DARK,
+    InvertingPipeline,
+    Peer,
+    loopback_ice,
+    open_browser_like,
+    sent_pts,
+    whep_play,
+    whip_publish,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def run_async(scenario: Callable[[], Awaitable[None]], timeout: float = 60.0) -> None:
+    async def bounded() -> None:
+        await asyncio.wait_for(scenario(), timeout)
+
+    with loopback_ice():
+        asyncio.run(bounded())
+
+
+@asynccontextmanager
+async def serving(pipeline: InvertingPipeline, **options) -> AsyncIterator[tuple[str, web.Application]]:
+    """The real app on a real 127.0.0.1 port; the worker and every peer connection closed afterwards."""
+    metrics = ServerMetrics()
+    worker = GpuWorker(pipeline, on_batch=metrics.observe_batch)
+    app = create_app(ServerOptions(port=0, **options), worker, metrics)
+    runner = web.AppRunner(app, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        await asyncio.wait_for(runner.cleanup(), 15)
+        await asyncio.to_thread(worker.close, 10)
+
+
+def is_inverted(frame) -> bool:
+    """Input left is bright, right dark: inverted output has them the other way round."""
+    return frame.left.mean() < 255 - BRIGHT + 30 and frame.right.mean() > 255 - DARK - 30
+
+
+async def get_json(url: str, headers: dict | None = None) -> dict:
+    async with aiohttp.ClientSession(headers=headers) as http:
+        async with http.get(url, timeout=aiohttp.ClientTimeout(total=5)) as response:
+            assert response.status == 200, await response.text()
+            return await response.json()
+
+
+async def wait_sessions(base: str, expected: int, timeout: float, headers: dict | None = None) -> float:
+    start = time.monotonic()
+    while True:
+        counts = (await get_json(f"{base}/sessions", headers))["counts"]
+        if sum(counts.values()) == expected:
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise TimeoutError(f"sessions {counts}, wanted {expected} in total")
+        await asyncio.sleep(0.1)
+
+
+def assert_pts_kept(received: list[int]) -> None:
+    """Each frame came back with the pts it was sent with: the received ones follow the sent pattern
+    (irregular spacing) from some frame on, up to the receiver's origin and aiortc's VP8 encoder, which
+    rounds each timestamp by a tick or two."""
+    sent = np.array([sent_pts(i) for i in range(3000)])
+    for first in range(120):
+        shifted = np.array(received) + sent[first]
+        nearest = np.abs(shifted[:, None] - sent[None, :]).min(axis=1)
+        if (nearest <= 4).all():
+            return
+    raise AssertionError(f"pts not kept: received {received[:12]}, sent {sent[:12].tolist()}")
+
+
+def test_offer_stylizes_keeps_timestamps_and_takes_live_params() -> None:
+    pipeline = InvertingPipeline()
+
+    async def scenario() -> None:
+        async with serving(pipeline) as (base, _):
+            peer = await open_browser_like(base)
+            try:
+                await peer.wait_frames(10)
+                # Stylized, not passed through.
+                assert all(is_inverted(f) for f in peer.frames[2:10]), peer.frames[:10]
+                assert_pts_kept([f.pts for f in peer.frames])
+
+                # Over POST: prompt "red" drops green and blue.
+                async with aiohttp.ClientSession() as http:
+                    async with http.post(f"{base}/sessions/{peer.session_id}/params",
+                                         json={"prompt": "a red painting"}) as response:
+                        assert response.status == 200, await response.text()
+                        assert (await response.json())["params"] == {"prompt": "a red painting"}
+                    async with http.post(f"{base}/sessions/{peer.session_id}/params",
+                                         json={"strength": 7}) as response:
+                        assert response.status == 400
+                        assert "strength" in await response.text()
+                changed = await peer.wait_until(lambda f: f.right[1] < 60 and f.right[0] > 150, timeout=5)
+                assert changed.left[0] < 100
+
+                # Over the data channel: strength 0.5 turns everything mid grey (red channel only).
+                peer.channel.send(json.dumps({"type": "params", "strength": 0.5}))
+                await peer.wait_until(lambda f: abs(f.left[0] - 128) < 25 and abs(f.right[0] - 128) < 25, 5)
+                replies = [json.loads(m) for m in peer.messages]
+                assert {"type": "params", "ok": True, "params": {"strength": 0.5}} in replies
+                peer.channel.send(json.dumps({"type": "params", "seed": "x"}))
+                for _ in range(50):
+                    if any(json.loads(m).get("ok") is False for m in peer.messages):
+                        break
+                    await asyncio.sleep(0.05)
+                errors = [json.loads(m)["error"] for m in peer.messages if json.loads(m).get("ok") is False]
+                assert errors and "seed" in errors[0]
+                stream_id = next(iter(pipeline.params))
+            finally:
+                await peer.close()
+            # The peer hung up: the session and its stream state go within seconds.
+            await wait_sessions(base, 0, timeout=5)
+            for _ in range(20):
+                if stream_id in pipeline.removed:
+                    break
+                await asyncio.sleep(0.1)
+            assert stream_id in pipeline.removed
+
+    run_async(scenario)
+
+
+def test_whip_publish_whep_play_and_delete() -> None:
+    async def scenario() -> None:
+        async with serving(InvertingPipeline()) as (base, _):
+            publisher = await whip_publish(base, width=160, height=120)
+            viewer = None
+            try:
+                assert re.fullmatch(r"/whip/[\w-]+", publisher.location)
+                viewer = await whep_play(base)
+                assert re.fullmatch(r"/whep/[\w-]+", viewer.location)
+                await viewer.wait_frames(8)
+                assert all(is_inverted(f) for f in viewer.frames[3:8]), viewer.frames[:8]
+                assert (await get_json(f"{base}/sessions"))["counts"] == {"browser": 0, "whip": 1, "whep": 1}
+                async with aiohttp.ClientSession() as http:
+                    async with http.delete(f"{base}{publisher.location}") as response:
+                        assert response.status == 200
+                    # Ending the ingest ends its viewers too.
+                    await wait_sessions(base, 0, timeout=5)
+                    async with http.delete(f"{base}{publisher.location}") as response:
+                        assert response.status == 404
+                    async with http.post(f"{base}/whep", data=b"v=0\r\nm=video 9 UDP 0\r\n",
+                                         headers={"Content-Type": "application/sdp"}) as response:
+                        assert response.status == 404, "nothing to watch once the publisher left"
+            finally:
+                await publisher.close()
+                if viewer is not None:
+                    await viewer.close()
+
+    run_async(scenario)
+
+
+def test_token_limits_and_bad_requests() -> None:
+    async def scenario() -> None:
+        async with serving(InvertingPipeline(), token=TOKEN, max_sessions=1, max_body=64 * 1024) as (base, _):
+            async with aiohttp.ClientSession() as http:
+                # The page itself is public; it sends the token it got from ?token=.
+                async with http.get(f"{base}/?token=x") as response:
+                    assert response.status == 200 and "client.js" in await response.text()
+                for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+                    for method, path in (("POST", "/offer"), ("POST", "/whip"), ("POST", "/whep"),
+                                         ("GET", "/metrics"), ("GET", "/sessions"), ("GET", "/config"),
+                                         ("POST", "/sessions/abc/params"), ("DELETE", "/whip/abc")):
+                        async with http.request(method, f"{base}{path}", headers=headers, data=b"{}") as response:
+                            assert response.status == 401, (method, path, headers)
+                async with http.post(f"{base}/offer", headers=AUTH, json={"sdp": "hello", "type": "offer"}) as response:
+                    assert response.status == 400
+                    assert "malformed SDP" in await response.text()
+                bad_sdp = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\nm=video nonsense\r\n"
+                async with http.post(f"{base}/whip", headers={**AUTH, "Content-Type": "application/sdp"},
+                                     data=bad_sdp) as response:
+                    assert response.status == 400
+                    assert "malformed SDP" in await response.text()
+                async with http.post(f"{base}/whip", headers={**AUTH, "Content-Type": "text/plain"},
+                                     data="v=0") as response:
+                    assert response.status == 415
+                async with http.post(f"{base}/offer", headers=AUTH, data=b"x" * 100_000) as response:
+                    assert response.status == 413
+                async with http.post(f"{base}/offer", headers=AUTH, data=b"{not json") as response:
+                    assert response.status == 400
+                async with http.get(f"{base}/metrics", headers=AUTH) as response:
+                    assert response.status == 200
+                    assert 'streamer_sessions{kind="browser"} 0' in await response.text()
+
+            peer = await open_browser_like(base, headers=AUTH, width=160, height=120)
+            try:
+                await peer.wait_frames(3)
+                with pytest.raises(RuntimeError, match="503.*limit of 1 sessions"):
+                    await open_browser_like(base, headers=AUTH, width=160, height=120)
+                async with aiohttp.ClientSession(headers=AUTH) as http:
+                    async with http.post(f"{base}/sessions/{peer.session_id}/params",
+                                         json={"colour": "blue"}) as response:
+                        assert response.status == 400 and "unknown parameter 'colour'" in await response.text()
+            finally:
+                await peer.close()
+
+    run_async(scenario)
+
+
+def test_vanished_client_is_cleaned_up_within_seconds() -> None:
+    """A peer killed mid-stream (no goodbye): its session closes after the idle timeout."""
+
+    async def scenario() -> None:
+        async with serving(InvertingPipeline(), idle_timeout=1.5) as (base, _):
+            client = await asyncio.create_subprocess_exec(
+                sys.executable, str(ROOT / "tests" / "webrtc_helpers.py"), "client", base,
+                stdout=asyncio.subprocess.PIPE, cwd=ROOT, start_new_session=True)
+            try:
+                line = await asyncio.wait_for(client.stdout.readline(), 20)
+                assert line.startswith(b"session "), line
+                session_id = line.split()[1].decode()
+                for _ in range(100):
+                    sessions = (await get_json(f"{base}/sessions"))["sessions"]
+                    if any(s["id"] == session_id and s["frames"] > 3 for s in sessions):
+                        break
+                    await asyncio.sleep(0.1)
+                else:
+                    raise AssertionError(f"the client's frames never came through: {sessions}")
+            finally:
+                client.kill()
+                await asyncio.wait_for(client.wait(), 10)
+            took = await wait_sessions(base, 0, timeout=8)
+            print(f"vanished peer cleaned up after {took:.1f} s")
+
+    run_async(scenario)
+
+
+def test_eight_sessions_share_batches() -> None:
+    """8 peers on a pipeline that takes 50 ms a call: every one gets frames, and calls carry several."""
+    pipeline = InvertingPipeline(delay=0.05)
+
+    async def scenario() -> None:
+        async with serving(pipeline, max_sessions=8) as (base, _):
+            peers: list[Peer] = []
+            try:
+                for _ in range(8):
+                    peers.append(await open_browser_like(base, width=96, height=64, fps=15, channel=False))
+                await asyncio.gather(*(p.wait_frames(5, timeout=30) for p in peers))
+                assert all(is_inverted(p.frames[-1]) for p in peers)
+                async with aiohttp.ClientSession() as http:
+                    async with http.get(f"{base}/metrics") as response:
+                        text = await response.text()
+            finally:
+                await asyncio.gather(*(p.close() for p in peers))
+        values = dict(re.findall(r"^(streamer_\S+) (\S+)$", text, re.M))
+        single = float(values['streamer_batch_size_bucket{le="1"}'])
+        calls = float(values["streamer_batch_size_count"])
+        frames = float(values["streamer_batch_size_sum"])
+        print(f"8 sessions: {calls:.0f} calls, {frames:.0f} frames, {frames / calls:.2f} frames a call")
+        assert values['streamer_sessions{kind="browser"}'] == "8"
+        assert calls > single, "no model call carried more than one frame"
+        assert max(pipeline.batch_sizes) > 1
+
+    run_async(scenario, timeout=80)
+
+
+# ---- the `streamer serve` command ------------------------------------------------------------------------
+
+def streamer(*args: str) -> list[str]:
+    return [sys.executable, "-m", "streamer", "serve", *args]
+
+
+def test_serve_refuses_a_public_address_without_token() -> None:
+    result = subprocess.run(streamer("--host", "0.0.0.0", "--preset", "passthrough"), capture_output=True,
+                            text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--token" in lines[0] and "--insecure" in lines[0], result.stderr
+
+
+@pytest.mark.slow
+def test_serve_command_with_tiny_model(tmp_path: Path) -> None:
+    """The real command: tiny preset, token, HTTPS off; frames come back changed; SIGTERM stops it cleanly."""
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as err:
+        server = subprocess.Popen(
+            streamer("--port", "0", "--token", TOKEN, "--preset", "tiny", "--strength", "0.4", "--ice-address", "127.0.0.1"),
+            stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (match := re.search(r"serving on (http://127\.0\.0\.1:\d+)/", log.read_text())):
+            assert server.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        base = match.group(1)
+
+        async def scenario() -> None:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{base}/metrics") as response:
+                    assert response.status == 401
+            peer = await open_browser_like(base, headers=AUTH, width=128, height=96)
+            try:
+                await peer.wait_frames(5, timeout=30)
+                frame = peer.frames[-1]
+                changed = max(np.abs(frame.left - BRIGHT).mean(), np.abs(frame.right - DARK).mean())
+                assert changed > 20, f"the tiny model's output looks like its input: {frame}"
+                config = await get_json(f"{base}/config", AUTH)
+                assert config["iceServers"] == [] and config["defaults"]["strength"] == 0.4
+            finally:
+                await peer.close()
+
+        run_async(scenario)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=20) == 0, log.read_text()
+        assert "shutting down" in log.read_text()
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=10)
+
+
+def test_watch_relays_one_stylized_source_to_many_viewers() -> None:
+    """--source: stylized once on the worker, relayed to every viewer of /whep?stream=source (/watch)."""
+    from streamer.server.sessions import SourceFeed
+    from streamer.sources import open_source
+
+    pipeline = InvertingPipeline()
+
+    async def scenario() -> None:
+        source = open_source("testsrc:160x120@15")
+        source.open()
+        feed = SourceFeed(source, asyncio.get_running_loop())
+        metrics = ServerMetrics()
+        worker = GpuWorker(pipeline, on_batch=metrics.observe_batch)
+        runner = web.AppRunner(create_app(ServerOptions(port=0), worker, metrics, feed), shutdown_timeout=2.0)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        viewers: list[Peer] = []
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{base}/watch") as response:
+                    assert response.status == 200 and "/whep" in await response.text()
+            assert (await get_json(f"{base}/config"))["streams"] == ["source"]
+            viewers = [await whep_play(base, stream="source") for _ in range(3)]
+            await asyncio.gather(*(v.wait_frames(10, timeout=20) for v in viewers))
+            model_frames = sum(pipeline.batch_sizes)
+            per_viewer = max(len(v.frames) for v in viewers)
+            assert model_frames < 1.5 * per_viewer + 10, (model_frames, per_viewer)
+            with pytest.raises(RuntimeError, match="404"):
+                await whep_play(base, stream="nope")
+        finally:
+            await asyncio.gather(*(v.close() for v in viewers))
+            await asyncio.wait_for(runner.cleanup(), 15)
+            await asyncio.to_thread(worker.close, 10)
+        assert not feed._thread.is_alive()
+
+    run_async(scenario)
