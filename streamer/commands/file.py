@@ -1,11 +1,52 @@
-"""`streamer file` (being built)."""
+"""`streamer file IN OUT`: stylize every frame of a video file; timing and audio are kept."""
+
+from __future__ import annotations
 
 import argparse
+import sys
+
+from streamer.config import add_pipeline_args, parse_size, pipeline_config_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.description = ("Stylize every frame of a video file into a new file. Frames keep their "
+                          "timestamps (variable frame rate survives) and audio is copied unchanged. "
+                          "Ctrl-C stops early and leaves a playable file.")
+    parser.add_argument("input", metavar="IN", help="video file to read (anything FFmpeg reads)")
+    parser.add_argument("output", metavar="OUT", help="file to write; the extension picks the container "
+                        "(.mp4, .mkv, .mov, .ts)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--size", type=parse_size, default=None, metavar="WxH",
+                     help="scale the output to this size (default: the input's size)")
+    out.add_argument("--codec", default="libx264",
+                     help="video encoder (default libx264; also libx265, libvpx-vp9, libsvtav1)")
+    out.add_argument("--crf", type=int, default=23,
+                     help="constant quality, lower is better and bigger (default 23; libx264 range 0-51)")
+    out.add_argument("--encoder-preset", default=None, metavar="NAME",
+                     help="x264/x265 speed preset (default veryfast; medium or slow give smaller files, slower)")
+    out.add_argument("--batch", type=int, default=4,
+                     help="frames per model call (default 4); larger uses more GPU memory")
+    out.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                     help="progress bar with fps and ETA on stderr (default on)")
+    add_pipeline_args(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("streamer file: not built yet")
+    from pipelines.presets import load_pipeline
+    from streamer.file_job import stylize_file
+
+    if args.batch < 1:
+        raise ValueError(f"--batch must be at least 1, got {args.batch}")
+    if not 0 <= args.crf <= 63:
+        raise ValueError(f"--crf must be between 0 and 63 (libx264: 0-51), got {args.crf}")
+    pipeline = load_pipeline(pipeline_config_from_args(args))
+    summary = stylize_file(
+        args.input, args.output, pipeline, batch=args.batch, size=args.size, codec=args.codec,
+        crf=args.crf, progress=args.progress,
+        encoder_options={"preset": args.encoder_preset} if args.encoder_preset else None,
+    )
+    problem = summary.problem()
+    if problem:
+        print(f"streamer: warning: {problem}", file=sys.stderr)
+    print(summary.report(), file=sys.stderr)
+    return 130 if summary.interrupted else 0

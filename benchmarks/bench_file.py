@@ -1,0 +1,67 @@
+"""File passthrough throughput: decode -> (no model) -> encode at 640x360, the cost `streamer file` adds
+around the model. Target: >= 200 fps on a 2-core machine.
+
+    python benchmarks/bench_file.py [--seconds 20] [--size 640x360] [--encoder-preset veryfast]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import av
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from media import make_clip  # noqa: E402
+
+from pipelines.passthrough import PassthroughPipeline  # noqa: E402
+from streamer.config import parse_size  # noqa: E402
+from streamer.file_job import stylize_file  # noqa: E402
+
+TARGET_FPS = 200.0
+
+
+def decode_only_fps(path: Path) -> float:
+    """Decode plus rgb24 conversion alone: the ceiling for the whole job."""
+    started = time.perf_counter()
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        count = sum(1 for frame in container.decode(stream) if frame.to_ndarray(format="rgb24") is not None)
+    return count / (time.perf_counter() - started)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=20.0, help="clip length at 30 fps (default 20)")
+    parser.add_argument("--size", type=parse_size, default=(640, 360), metavar="WxH")
+    parser.add_argument("--encoder-preset", default=None, help="x264 preset (default: the sink's, veryfast)")
+    parser.add_argument("--audio", action=argparse.BooleanOptionalAction, default=True, help="AAC track")
+    parser.add_argument("--repeat", type=int, default=3, help="runs; the best is reported (default 3)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as folder:
+        clip = make_clip(Path(folder) / "in.mp4", seconds=args.seconds, size=args.size, audio=args.audio)
+        print(f"clip: {args.seconds:g} s {args.size[0]}x{args.size[1]} 30 fps H.264"
+              f"{' + AAC' if args.audio else ''}")
+        print(f"decode + rgb24 only: {decode_only_fps(clip):.0f} fps")
+        options = {"preset": args.encoder_preset} if args.encoder_preset else None
+        best = None
+        for run in range(args.repeat):
+            summary = stylize_file(clip, Path(folder) / "out.mp4", PassthroughPipeline(),
+                                   encoder_options=options)
+            print(f"run {run + 1}: {summary.report()}")
+            if best is None or summary.fps > best.fps:
+                best = summary
+    assert best is not None
+    verdict = "meets" if best.fps >= TARGET_FPS else "misses"
+    print(f"file passthrough: {best.fps:.0f} fps (best of {args.repeat}); {verdict} the {TARGET_FPS:.0f} fps target")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

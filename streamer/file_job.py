@@ -1,0 +1,381 @@
+"""Stylize a whole video file: every frame, original timestamps, audio remuxed unchanged.
+
+Three stages overlap through bounded queues, so no frame is ever dropped and memory stays flat:
+
+    decode thread (PyAV, rgb24) -> batches of frames through the pipeline (calling thread) -> encode thread
+
+Audio packets travel through the same queues in demux order, so the output interleaves like the input.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import av
+import av.error
+import numpy as np
+
+from pipelines.frames import FramePipeline
+from streamer.frames import Frame
+from streamer.sinks.av_sink import AvSink
+from streamer.sources.base import SourceError
+
+log = logging.getLogger(__name__)
+
+QUEUE_ITEMS = 48  # per queue: a few batches of frames plus the audio packets between them
+POLL_SECONDS = 0.1  # how often a blocked stage looks up to see whether it should stop
+MAX_DEMUX_ERRORS = 50  # give up on a file after this many unreadable stretches
+_END = object()
+
+
+@dataclass
+class FileJobSummary:
+    """What a file job did; ``seconds_*`` are busy time per stage (they overlap, so they add up to more
+    than ``seconds``)."""
+
+    in_path: str
+    out_path: str
+    frames: int = 0
+    expected_frames: int | None = None
+    width: int = 0
+    height: int = 0
+    audio_packets: int = 0
+    damaged_packets: int = 0
+    interrupted: bool = False
+    seconds: float = 0.0
+    decode_seconds: float = 0.0
+    model_seconds: float = 0.0
+    encode_seconds: float = 0.0
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def ended_early(self) -> bool:
+        """The file held fewer frames than its header announced (cut short or damaged)."""
+        if self.interrupted or not self.expected_frames:
+            return False
+        return self.frames < self.expected_frames - max(2, self.expected_frames // 50)
+
+    def problem(self) -> str | None:
+        """One line about damaged input, or None when the file read cleanly."""
+        if not self.damaged_packets and not self.ended_early:
+            return None
+        read = f"{self.frames} of about {self.expected_frames}" if self.expected_frames else str(self.frames)
+        damage = f"{self.damaged_packets} unreadable packet(s), " if self.damaged_packets else "it ends early, "
+        return (f"{self.in_path} is damaged or cut short: {damage}{read} frames decoded; "
+                "the output holds every frame that could be read")
+
+    def report(self) -> str:
+        status = "stopped early, wrote" if self.interrupted else "wrote"
+        audio = f", {self.audio_packets} audio packets remuxed" if self.audio_packets else ""
+        return (f"{status} {self.out_path}: {self.frames} frames {self.width}x{self.height}{audio} in "
+                f"{self.seconds:.1f} s ({self.fps:.1f} fps); busy seconds: decode {self.decode_seconds:.1f}, "
+                f"model {self.model_seconds:.1f}, encode {self.encode_seconds:.1f}")
+
+
+def stylize_file(
+    in_path: str | Path,
+    out_path: str | Path,
+    pipeline: FramePipeline,
+    *,
+    batch: int = 4,
+    size: tuple[int, int] | None = None,
+    codec: str = "libx264",
+    crf: int = 23,
+    progress: bool = False,
+    stream_id: str = "default",
+    stop: threading.Event | None = None,
+    encoder_options: dict[str, str] | None = None,
+) -> FileJobSummary:
+    """Run every frame of ``in_path`` through ``pipeline`` into ``out_path``.
+
+    Frames keep their pts (variable frame rate and audio sync survive); audio streams are remuxed
+    unchanged. ``size`` (width, height) scales the video, otherwise the output has the input's size.
+    Setting ``stop``, or Ctrl-C in the calling thread, ends the job early: frames already stylized are
+    written, the file is finalized and playable, and the summary says ``interrupted``.
+    Raises SourceError (unreadable input), SinkError (unwritable output) or ValueError (bad arguments).
+    """
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
+    if size is not None and (size[0] <= 0 or size[1] <= 0):
+        raise ValueError(f"size must be positive, got {size[0]}x{size[1]}")
+    in_path, out_path = Path(in_path), Path(out_path)
+    if out_path.exists() and in_path.exists() and out_path.resolve() == in_path.resolve():
+        raise ValueError(f"output {out_path} is the input file; choose another output path")
+    stop = stop if stop is not None else threading.Event()
+    summary = FileJobSummary(str(in_path), str(out_path))
+    started = time.perf_counter()
+
+    source = _open_input(in_path)
+    try:
+        video = source.streams.video[0]
+        video.thread_type = "AUTO"
+        audio_streams = list(source.streams.audio)
+        width, height = size or (video.codec_context.width, video.codec_context.height)
+        if width <= 0 or height <= 0:
+            raise SourceError(f"{in_path}: the video stream has no picture size; the file may be damaged")
+        summary.width, summary.height = width, height
+        summary.expected_frames = _expected_frames(source, video)
+        fps = float(video.average_rate or video.guessed_rate or 30)
+        sink = AvSink(str(out_path), codec=codec, crf=crf, options=encoder_options)
+        sink.open(width, height, fps, time_base=video.time_base, audio_from=audio_streams)
+        try:
+            _run_stages(source, video, sink, pipeline, summary, batch=batch, stream_id=stream_id,
+                        stop=stop, progress=progress)
+        finally:
+            summary.audio_packets = sink.audio_packets_written
+            with _sigint_deferred():  # a second Ctrl-C must not leave an MP4 without its index
+                sink.close()
+    finally:
+        source.close()
+    summary.seconds = time.perf_counter() - started
+    if summary.frames == 0 and not summary.interrupted:
+        out_path.unlink(missing_ok=True)
+        problem = f" ({summary.damaged_packets} unreadable packets)" if summary.damaged_packets else ""
+        raise SourceError(f"no video frame could be decoded from {in_path}{problem}; the file is damaged")
+    return summary
+
+
+def _open_input(path: Path) -> av.container.InputContainer:
+    if not path.exists():
+        raise SourceError(f"input file {path} does not exist")
+    if path.is_dir():
+        raise SourceError(f"input {path} is a folder; give a video file")
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, av.error.FFmpegError | OSError) and exc.strerror else str(exc)
+        raise SourceError(f"cannot read {path}: not a video file FFmpeg understands ({reason})") from None
+    if not container.streams.video:
+        kinds = ", ".join(f"{s.type} {s.codec_context.name}" for s in container.streams) or "none"
+        container.close()
+        raise SourceError(f"{path} has no video stream (it holds: {kinds}); give a video file")
+    return container
+
+
+def _expected_frames(container: av.container.InputContainer, video: av.VideoStream) -> int | None:
+    if video.frames:
+        return int(video.frames)
+    rate = video.average_rate or video.guessed_rate
+    if not rate:
+        return None
+    if video.duration and video.time_base:
+        seconds = float(video.duration * video.time_base)
+    elif container.duration:
+        seconds = container.duration / av.time_base
+    else:
+        return None
+    return max(1, round(seconds * float(rate)))
+
+
+def _run_stages(source: av.container.InputContainer, video: av.VideoStream, sink: AvSink,
+                pipeline: FramePipeline, summary: FileJobSummary, *, batch: int, stream_id: str,
+                stop: threading.Event, progress: bool) -> None:
+    decoded: queue.Queue[Any] = queue.Queue(QUEUE_ITEMS)
+    stylized: queue.Queue[Any] = queue.Queue(QUEUE_ITEMS)
+    errors: list[BaseException] = []
+    bar = _progress_bar(summary, enabled=progress)
+
+    def guarded(stage: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                stage()
+            except BaseException as exc:  # handed to the calling thread, which raises it
+                errors.append(exc)
+                stop.set()
+        return run
+
+    decoder = threading.Thread(
+        target=guarded(lambda: _decode(source, video, summary, decoded, stop)), name="file-decode", daemon=True)
+    encoder = threading.Thread(
+        target=guarded(lambda: _encode(sink, summary, stylized, bar)), name="file-encode", daemon=True)
+    decoder.start()
+    encoder.start()
+    try:
+        _stylize(pipeline, summary, decoded, stylized, stop, errors, batch=batch, stream_id=stream_id)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        with _sigint_deferred():
+            if stop.is_set() and not errors:
+                summary.interrupted = True
+            stop.set()
+            # The encoder drains what was stylized before the end marker, then stops.
+            while encoder.is_alive():
+                try:
+                    stylized.put(_END, timeout=POLL_SECONDS)
+                    break
+                except queue.Full:
+                    continue
+            encoder.join()
+            decoder.join(timeout=10)
+            bar.close()
+    if errors:
+        raise errors[0]
+
+
+def _decode(container: av.container.InputContainer, video: av.VideoStream, summary: FileJobSummary,
+            out: queue.Queue[Any], stop: threading.Event) -> None:
+    """Demux and decode into Frames (rgb24 at the output size) and audio packets, in file order."""
+    audio_indexes = {s.index for s in container.streams.audio}
+    streams = [video, *container.streams.audio]
+    width, height, tb = summary.width, summary.height, video.time_base
+    index = 0
+    last_pts: int | None = None
+    busy = 0.0
+    for packet in _demux_tolerant(container, streams, summary):
+        tick = time.perf_counter()
+        if packet.stream.index in audio_indexes:
+            items: list[Any] = [packet] if packet.dts is not None else []
+        else:
+            items = []
+            try:
+                decoded = packet.decode()
+            except av.error.FFmpegError:
+                summary.damaged_packets += 1
+                decoded = []
+            for frame in decoded:
+                pts = frame.pts
+                if pts is None:  # raw streams may lack pts: continue the clock at the nominal rate
+                    step = round(1 / (float(video.average_rate or 30) * tb)) if tb else 1
+                    pts = 0 if last_pts is None else last_pts + max(1, step)
+                last_pts = pts
+                image = frame.to_ndarray(format="rgb24", width=width, height=height)
+                items.append(Frame(image, pts=pts, time_base=tb, index=index))
+                index += 1
+        busy += time.perf_counter() - tick
+        for item in items:
+            if not _put(out, item, stop):
+                summary.decode_seconds = busy
+                return
+    summary.decode_seconds = busy
+    _put(out, _END, stop)
+
+
+def _demux_tolerant(container: av.container.InputContainer, streams: list[Any],
+                    summary: FileJobSummary) -> Iterator[av.Packet]:
+    """Packets of ``streams``; a damaged stretch is counted and skipped instead of ending the file."""
+    errors_in_a_row = 0
+    while errors_in_a_row < MAX_DEMUX_ERRORS:
+        try:
+            for packet in container.demux(streams):
+                errors_in_a_row = 0
+                yield packet
+            return
+        except (av.error.FFmpegError, OSError):
+            summary.damaged_packets += 1
+            errors_in_a_row += 1
+
+
+def _stylize(pipeline: FramePipeline, summary: FileJobSummary, inbox: queue.Queue[Any],
+             outbox: queue.Queue[Any], stop: threading.Event, errors: list[BaseException], *,
+             batch: int, stream_id: str) -> None:
+    """Gather ``batch`` frames (and the audio between them), stylize, pass on in the same order."""
+    pending: list[Any] = []
+    frames_pending = 0
+    while True:
+        item = _get(inbox, stop)
+        if item is None:  # stopped: a stage failed or the caller asked
+            return
+        if item is not _END:
+            pending.append(item)
+            frames_pending += isinstance(item, Frame)
+            if frames_pending < batch:
+                continue
+        if frames_pending:
+            tick = time.perf_counter()
+            pending = _run_batch(pipeline, pending, stream_id)
+            summary.model_seconds += time.perf_counter() - tick
+        for out_item in pending:
+            if not _put(outbox, out_item, stop):
+                return
+        pending, frames_pending = [], 0
+        if item is _END:
+            return
+
+
+def _run_batch(pipeline: FramePipeline, items: list[Any], stream_id: str) -> list[Any]:
+    frames = [item for item in items if isinstance(item, Frame)]
+    images = np.stack([f.image for f in frames])
+    result = pipeline(images, [stream_id] * len(frames))
+    if not isinstance(result, np.ndarray) or result.shape != images.shape or result.dtype != np.uint8:
+        shape = getattr(result, "shape", type(result).__name__)
+        raise ValueError(f"the pipeline returned {shape} for frames of shape {images.shape}; "
+                         "it must return uint8 frames of the same shape")
+    styled = iter(frame.with_image(image) for frame, image in zip(frames, result, strict=True))
+    return [next(styled) if isinstance(item, Frame) else item for item in items]
+
+
+def _encode(sink: AvSink, summary: FileJobSummary, inbox: queue.Queue[Any], bar: Any) -> None:
+    busy = 0.0
+    try:
+        while True:
+            item = inbox.get()
+            if item is _END:
+                return
+            tick = time.perf_counter()
+            if isinstance(item, Frame):
+                sink.write(item)
+                summary.frames += 1
+                bar.update(1)
+            else:
+                sink.mux_audio(item)
+            busy += time.perf_counter() - tick
+    finally:
+        summary.encode_seconds = busy
+
+
+def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
+    """Block until there is room (no frame is ever dropped) unless the job is stopping."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=POLL_SECONDS)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _get(q: queue.Queue[Any], stop: threading.Event) -> Any:
+    while True:
+        try:
+            return q.get(timeout=POLL_SECONDS)
+        except queue.Empty:
+            if stop.is_set():
+                return None
+
+
+def _progress_bar(summary: FileJobSummary, *, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=summary.expected_frames, unit="frame", desc=Path(summary.in_path).name, file=sys.stderr,
+                disable=not enabled, dynamic_ncols=True, mininterval=0.5, smoothing=0.1)
+
+
+@contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold off Ctrl-C while a file is being finalized; it is re-raised afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[object] = []
+    previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+

@@ -1,0 +1,416 @@
+"""One PyAV encoder sink for files (out.mp4, out.mkv) and network streams (udp://, srt://, rtsp://).
+
+Timestamps: a frame's own ``pts``/``time_base`` are kept (rescaled to the stream's time base), so a
+recorded file keeps the source's timing and remuxed audio stays in sync. The muxer must never see a
+timestamp go backwards, so a frame whose pts does not increase (a restarted camera, a broken file) gets
+one derived from its capture time instead; frames without pts are timed by their count and the rate.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from fractions import Fraction
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import av
+import av.error
+import numpy as np
+
+from streamer.frames import Frame
+from streamer.sinks.base import Sink, SinkError
+
+log = logging.getLogger(__name__)
+
+# Network schemes -> container format. MPEG-TS carries H.264 over plain datagrams and SRT.
+NETWORK_FORMATS = {"udp": "mpegts", "srt": "mpegts", "tcp": "mpegts", "rtsp": "rtsp"}
+NETWORK_TIME_BASE = Fraction(1, 90_000)
+# Encoders that understand a constant-quality "crf" option.
+CRF_ENCODERS = {"libx264", "libx264rgb", "libx265", "libvpx", "libvpx-vp9", "libsvtav1", "libaom-av1"}
+# A network open or write may stall this long before the sink gives up on the peer.
+NETWORK_STALL_SECONDS = 5.0
+# A pts that runs ahead of the capture clock by more than this is a source restart, not real timing.
+MAX_PTS_JUMP_SECONDS = 2.0
+
+
+def pick_pixel_format(codec_name: str, width: int, height: int) -> str:
+    """yuv420p when the size allows it (plays everywhere); a full-chroma format for odd sizes."""
+    try:
+        codec = av.Codec(codec_name, "w")
+    except (av.error.FFmpegError, ValueError):
+        raise SinkError(f"unknown encoder {codec_name!r}; try libx264, libx265, libvpx-vp9 or libsvtav1") from None
+    if codec.type != "video":
+        raise SinkError(f"{codec_name!r} encodes {codec.type}, not video; give a video encoder such as libx264")
+    formats = [f.name for f in codec.video_formats or []]
+    if width % 2 == 0 and height % 2 == 0 and (not formats or "yuv420p" in formats):
+        return "yuv420p"
+    # 4:2:0 halves the chroma planes, so odd sizes need 4:4:4 (or RGB) to keep every pixel.
+    for name in ("yuv444p", "gbrp", "rgb24", "bgr0"):
+        if name in formats:
+            return name
+    if not formats:
+        return "yuv420p"
+    raise SinkError(f"encoder {codec_name} cannot store odd sizes like {width}x{height}; "
+                    f"pick an even size or an encoder such as libx264")
+
+
+def _socket_fds() -> set[int]:
+    """This process's open sockets (Linux /proc; empty elsewhere)."""
+    fds: set[int] = set()
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return fds
+    for name in names:
+        try:
+            if os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                fds.add(int(name))
+        except (OSError, ValueError):
+            continue
+    return fds
+
+
+class StallGuard:
+    """Unblocks a TCP write stuck on a peer that stopped reading.
+
+    FFmpeg's RTSP muxer has no write timeout and PyAV installs no interrupt callback on output, so a
+    stalled receiver would block ``write()`` forever. Only calls that release the GIL (encode, mux) can
+    be guarded: FFmpeg's header and trailer run holding it. While a call runs under ``busy()``, a watchdog
+    thread checks its age; past ``limit`` seconds it shuts down the sockets this sink opened to ``port``
+    (found in /proc/self/fd), and the blocked FFmpeg call returns with an error.
+    """
+
+    def __init__(self, port: int, limit: float = NETWORK_STALL_SECONDS) -> None:
+        self.port, self.limit = port, limit
+        self.tripped = False
+        self._sockets_before = _socket_fds()
+        self._busy_since: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="av-sink-stall-guard", daemon=True)
+        self._thread.start()
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        self._busy_since = time.monotonic()
+        try:
+            yield
+        finally:
+            self._busy_since = None
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.2):
+            since = self._busy_since
+            if since is not None and time.monotonic() - since > self.limit:
+                self.tripped = True
+                self._shut_down_sockets()
+                return
+
+    def _shut_down_sockets(self) -> None:
+        for fd in _socket_fds() - self._sockets_before:
+            try:
+                sock = socket.socket(fileno=os.dup(fd))
+            except OSError:
+                continue
+            try:
+                if sock.type == socket.SOCK_STREAM and sock.getpeername()[1] == self.port:
+                    sock.shutdown(socket.SHUT_RDWR)  # acts on the shared socket, so FFmpeg's fd fails too
+            except (OSError, IndexError, TypeError):
+                pass
+            finally:
+                sock.close()
+
+
+class AvSink(Sink):
+    """Encode frames with PyAV into a file or a network stream.
+
+    ``target``: a file path (container from the extension, or ``container_format``), ``udp://HOST:PORT``
+    (MPEG-TS), ``srt://HOST:PORT?mode=listener`` (MPEG-TS over SRT, needs an FFmpeg built with libsrt),
+    ``rtsp://HOST:PORT/PATH`` (publish over TCP to an RTSP server that accepts RECORD).
+    ``low_latency`` (default: on for network targets) uses a fast preset, ``tune=zerolatency``, no
+    B-frames and a ``gop`` of about one second. ``options`` are encoder options that win over these
+    defaults, e.g. ``{"preset": "slow"}``.
+    """
+
+    name = "av"
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        codec: str = "libx264",
+        crf: int = 23,
+        low_latency: bool | None = None,
+        gop: int | None = None,
+        container_format: str | None = None,
+        options: dict | None = None,
+    ) -> None:
+        self.target = str(target)
+        scheme = urlsplit(self.target).scheme.lower()
+        self.scheme = scheme if scheme in NETWORK_FORMATS else ""
+        self.is_network = bool(self.scheme)
+        self.live = self.is_network  # a stream is watched as it plays; a file is not
+        self.codec = codec
+        self.crf = crf
+        self.low_latency = self.is_network if low_latency is None else low_latency
+        self.gop = gop
+        self.container_format = container_format or NETWORK_FORMATS.get(self.scheme)
+        self.options = {str(k): str(v) for k, v in (options or {}).items()}
+        self.name = f"av:{self.target}"
+        self.frames_written = 0
+        self.audio_packets_written = 0
+        self.width = self.height = 0
+        self.pixel_format = ""
+        self._container: av.container.OutputContainer | None = None
+        self._video: av.VideoStream | None = None
+        self._audio_map: dict[int, av.stream.Stream] = {}
+        self._time_base = NETWORK_TIME_BASE
+        self._copy_pts = False
+        self._fps = 30.0
+        self._pts_origin: int | None = None
+        self._last_pts: int | None = None
+        self._last_capture: float | None = None
+        self._guard: StallGuard | None = None
+
+    # -- opening -------------------------------------------------------------------------------------
+
+    def open(self, width: int, height: int, fps: float, *, time_base: Fraction | None = None,
+             audio_from: Iterable[av.stream.Stream] = ()) -> None:
+        """Open the output and write its header (a network peer is connected here).
+
+        ``time_base``: keep frame pts exactly in this time base (a file job passes the input stream's, so
+        variable frame rate and audio sync survive); without it, timing starts at 0 on the first frame.
+        ``audio_from``: input audio streams whose packets will be remuxed unchanged via ``mux_audio``.
+        """
+        if self._container is not None:
+            raise SinkError(f"{self.target} is already open")
+        if width <= 0 or height <= 0:
+            raise SinkError(f"cannot encode an empty picture ({width}x{height})")
+        self.width, self.height = int(width), int(height)
+        self._fps = float(fps) if fps and fps > 0 else 30.0
+        self.pixel_format = pick_pixel_format(self.codec, self.width, self.height)
+        if time_base is not None:
+            self._time_base, self._copy_pts = Fraction(time_base), True
+        elif not self.is_network:
+            self._time_base = Fraction(1, 90_000)
+        port = urlsplit(self.target).port if self.scheme in ("rtsp", "tcp") else None
+        self._guard = StallGuard(port) if port else None
+        try:
+            # Not under the guard: FFmpeg holds the GIL through the header/handshake, so only its own
+            # timeout applies there (see _open_container).
+            self._container = self._open_container()
+            self._add_video_stream()
+            for stream in audio_from:
+                self._add_audio_stream(stream)
+            self._container.start_encoding()
+        except SinkError:
+            self._abandon()
+            raise
+        except (av.error.FFmpegError, ValueError, OSError) as exc:
+            message = self._describe_open_error(exc)
+            self._abandon()
+            raise SinkError(message) from None
+
+    def _open_container(self) -> av.container.OutputContainer:
+        if not self.is_network:
+            folder = Path(self.target).resolve().parent
+            if Path(self.target).is_dir():
+                raise SinkError(f"output {self.target} is a folder; give a file name such as out.mp4")
+            if not folder.is_dir():
+                raise SinkError(f"output folder {folder} does not exist; create it or choose another path")
+            if not os.access(folder, os.W_OK):
+                raise SinkError(f"cannot write into {folder}: permission denied")
+        container_options: dict[str, str] = {}
+        if self.scheme == "rtsp":
+            # TCP survives packet loss and NAT. "timeout" bounds the handshake, which FFmpeg runs while
+            # holding the GIL (no Python watchdog could run then); writes are guarded by StallGuard.
+            container_options = {"rtsp_transport": "tcp", "timeout": str(int(NETWORK_STALL_SECONDS * 1e6))}
+        try:
+            return av.open(self.target, "w", format=self.container_format, options=container_options)
+        except ValueError:
+            if self.container_format:
+                raise SinkError(f"unknown output format {self.container_format!r}") from None
+            suffix = Path(self.target).suffix or "(none)"
+            raise SinkError(f"cannot tell the output format from the extension {suffix} of {self.target}; "
+                            "use .mp4, .mkv, .mov or .ts") from None
+        except (av.error.FFmpegError, OSError) as exc:
+            raise SinkError(self._describe_open_error(exc)) from None
+
+    def _add_video_stream(self) -> None:
+        assert self._container is not None
+        rate = Fraction(self._fps).limit_denominator(1001)
+        stream = self._container.add_stream(self.codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = self.width, self.height, self.pixel_format
+        stream.time_base = self._time_base
+        stream.codec_context.time_base = self._time_base
+        stream.options = self._encoder_options()
+        if self.low_latency:
+            stream.codec_context.max_b_frames = 0
+            stream.codec_context.gop_size = self.gop or max(1, round(self._fps))
+        elif self.gop:
+            stream.codec_context.gop_size = self.gop
+        self._video = stream
+
+    def _encoder_options(self) -> dict[str, str]:
+        options: dict[str, str] = {}
+        if self.codec in CRF_ENCODERS:
+            options["crf"] = str(self.crf)
+        if self.codec.startswith("libx26"):
+            # veryfast: ~2.5x medium's speed at a similar size for this kind of video; keeps the encoder
+            # far from being the bottleneck of a file job (options={"preset": "slow"} for smaller files).
+            options["preset"] = "veryfast"
+            if self.low_latency:
+                options["tune"] = "zerolatency"
+        if self.is_network and self.codec.startswith("libx26"):
+            # Repeat SPS/PPS before keyframes so a viewer can join mid-stream.
+            options["x264-params" if self.codec.startswith("libx264") else "x265-params"] = "repeat-headers=1"
+        options.update(self.options)
+        return options
+
+    def _add_audio_stream(self, template: av.stream.Stream) -> None:
+        assert self._container is not None
+        try:
+            out = self._container.add_stream_from_template(template)
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise SinkError(f"{self.target} cannot hold {template.codec_context.name} audio ({exc}); "
+                            "write .mkv or .mp4 instead") from None
+        self._audio_map[template.index] = out
+
+    def _describe_open_error(self, exc: BaseException) -> str:
+        text = str(exc).split("\n")[0]
+        if isinstance(exc, av.error.ProtocolNotFoundError) or "Protocol not found" in text:
+            if self.scheme == "srt":
+                return ("this PyAV build has no SRT support (its FFmpeg lacks libsrt); stream with "
+                        "udp:// or rtsp:// instead, or install an av wheel built with libsrt")
+            return f"this FFmpeg build cannot write {self.scheme or 'this'} URLs ({self.target})"
+        if self.scheme == "rtsp":
+            return (f"cannot stream to {self.target}: {text} (is an RTSP server running there that "
+                    "accepts publishers?)")
+        if self.is_network:
+            return f"cannot stream to {self.target}: {text}"
+        if "codec" in text.lower():
+            return (f"cannot write {self.codec} video into {self.target}: {text}; use an encoder that "
+                    "container takes (e.g. libvpx-vp9 for .webm) or write .mkv/.mp4")
+        return f"cannot write {self.target}: {text}"
+
+    # -- writing -------------------------------------------------------------------------------------
+
+    def write(self, frame: Frame) -> None:
+        if self._container is None or self._video is None:
+            raise SinkError(f"{self.target}: write() before open()")
+        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame.image), format="rgb24")
+        video_frame.pts = self._next_pts(frame)
+        video_frame.time_base = self._time_base
+        try:
+            with self._busy():
+                self._container.mux(self._video.encode(video_frame))
+        except (av.error.FFmpegError, OSError) as exc:
+            raise SinkError(self._describe_write_error(exc)) from None
+        self.frames_written += 1
+
+    def mux_audio(self, packet: av.Packet) -> None:
+        """Remux one audio packet from a stream given to ``open(audio_from=...)`` unchanged."""
+        if self._container is None:
+            raise SinkError(f"{self.target}: mux_audio() before open()")
+        out = self._audio_map.get(packet.stream.index) if packet.stream is not None else None
+        if out is None or packet.dts is None:  # dts None: a demuxer flush packet, nothing to store
+            return
+        packet.stream = out
+        try:
+            with self._busy():
+                self._container.mux(packet)
+        except (av.error.FFmpegError, OSError) as exc:
+            raise SinkError(self._describe_write_error(exc)) from None
+        self.audio_packets_written += 1
+
+    @contextmanager
+    def _busy(self) -> Iterator[None]:
+        if self._guard is None:
+            yield
+            return
+        with self._guard.busy():
+            yield
+
+    def _describe_write_error(self, exc: BaseException) -> str:
+        text = str(exc).split("\n")[0]
+        if self._guard is not None and self._guard.tripped:
+            return (f"stream to {self.target} broke: the receiver stopped reading for "
+                    f"{self._guard.limit:g} s (is it still running?)")
+        if self.is_network:
+            return f"stream to {self.target} broke: {text} (is the receiver still running?)"
+        return f"writing {self.target} failed: {text}"
+
+    def _next_pts(self, frame: Frame) -> int:
+        """The frame's pts in the stream time base, strictly increasing."""
+        tb = self._time_base
+        pts: int | None = None
+        if frame.pts is not None:
+            pts = round(frame.pts * Fraction(frame.time_base) / tb)
+            if not self._copy_pts:  # live: the first frame is at 0, whatever the source's clock
+                if self._pts_origin is None:
+                    self._pts_origin = pts
+                pts -= self._pts_origin
+        elif self._last_pts is None:
+            pts = 0
+        if self._last_pts is not None and self._last_capture is not None:
+            capture_step = max(1, round((frame.capture_time - self._last_capture) / tb))
+            jumped = not self._copy_pts and pts is not None and \
+                (pts - self._last_pts) * tb > capture_step * tb + MAX_PTS_JUMP_SECONDS
+            if pts is None:
+                pts = self._last_pts + max(1, round(1 / (self._fps * tb)))
+            elif pts <= self._last_pts or jumped:
+                pts = self._last_pts + capture_step
+                if frame.pts is not None and not self._copy_pts:
+                    # Re-anchor so later frames continue from here on the source's own clock.
+                    self._pts_origin = round(frame.pts * Fraction(frame.time_base) / tb) - pts
+        assert pts is not None
+        self._last_pts, self._last_capture = pts, frame.capture_time
+        return pts
+
+    # -- closing -------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Flush the encoder and finalize the container (an MP4 gets its index here). Safe to repeat."""
+        container, video = self._container, self._video
+        if container is None:
+            return
+        self._container = self._video = None
+        error: BaseException | None = None
+        try:
+            with self._busy():
+                if video is not None:
+                    container.mux(video.encode(None))
+        except (av.error.FFmpegError, OSError) as exc:
+            error = error or exc
+        try:
+            container.close()
+        except (av.error.FFmpegError, OSError) as exc:
+            error = error or exc
+        finally:
+            self._close_guard()
+        if error is not None:
+            raise SinkError(self._describe_write_error(error)) from None
+
+    def _abandon(self) -> None:
+        container, self._container, self._video = self._container, None, None
+        try:
+            if container is not None:
+                container.close()
+        except (av.error.FFmpegError, OSError):
+            pass
+        finally:
+            self._close_guard()
+
+    def _close_guard(self) -> None:
+        if self._guard is not None:
+            self._guard.close()
+            self._guard = None
