@@ -59,17 +59,19 @@ def test_offline_default_preset_names_the_model_and_how_to_get_it(offline):
     assert "\n" not in message
 
 
-def test_offline_cli_one_line_no_traceback(tmp_path):
+def test_offline_streamer_file_default_preset_is_one_line(tmp_path):
+    """`streamer file` with the default preset, offline and nothing cached: one line, exit 2, in seconds."""
+    from media import make_clip
+
+    clip = make_clip(tmp_path / "in.mp4", seconds=0.5, size=(64, 48))
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "-c", "import sys; from streamer.cli import main; "
-                           "from pipelines.presets import load_pipeline;"
-                           "sys.exit(main(['bench', '--device', 'cpu', '--quick', '--preset', 'lcm-dreamshaper',"
-                           " '--json', '/dev/null']))"],
+    proc = subprocess.run([sys.executable, "-m", "streamer", "file", str(clip), str(tmp_path / "out.mp4")],
                           capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert lines[-1].startswith("streamer: error:") and "hf download" in lines[-1]
-    assert "Traceback" not in proc.stderr
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("streamer: error:") and "SimianLuo/LCM_Dreamshaper_v7" in lines[0]
+    assert "hf download" in lines[0]
 
 
 def test_folder_that_is_not_a_model(tmp_path):
