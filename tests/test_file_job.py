@@ -85,9 +85,10 @@ def assert_same_timing(src: Path, out: Path, *, exact: bool = True) -> None:
 
 
 @pytest.mark.slow
-def test_cli_passthrough_keeps_every_frame_pts_and_audio(clip_with_audio: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("preset", ["passthrough", "tiny"])
+def test_cli_keeps_every_frame_pts_and_audio(clip_with_audio: Path, tmp_path: Path, preset: str) -> None:
     out = tmp_path / "out.mp4"
-    done = streamer("file", str(clip_with_audio), str(out), "--preset", "passthrough")
+    done = streamer("file", str(clip_with_audio), str(out), "--preset", preset, "--device", "cpu")
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     assert "300 frames" in done.stderr and "decode" in done.stderr and "fps" in done.stderr
