@@ -217,3 +217,29 @@ def test_tiny_preset_runs(tmp_path: Path) -> None:
     with av.open(str(tmp_path / "tiny.mkv")) as container:
         assert len(list(container.decode(video=0))) == stats["sinks"]["av:tiny.mkv"]["written"] >= 2
     assert stats["stages"]["model"]["count"] >= 2
+
+
+@pytest.mark.slow
+def test_live_pipe_source_through_the_runtime(tmp_path: Path) -> None:
+    """A live, unseekable source: ffmpeg writes MJPEG into a named pipe in real time (-re); the runtime reads
+    it, stylizes with the tiny model and records; frames keep arriving at the pipe's pace."""
+    fifo = tmp_path / "camera.mjpeg"
+    os.mkfifo(fifo)
+    feeder = subprocess.Popen(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-f", "lavfi", "-i",
+         "testsrc2=size=160x120:rate=15", "-t", "60", "-f", "mjpeg", "-q:v", "5", "-y", str(fifo)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        out = tmp_path / "out.mp4"
+        stats = tmp_path / "stats.json"
+        done = streamer("--source", str(fifo), "--sink", str(out), "--preset", "tiny", "--device", "cpu",
+                        "--duration", "6", "--stats", str(stats), cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    finally:
+        feeder.kill()
+        feeder.wait(10)
+    report = json.loads(stats.read_text())
+    assert report["frames_out"] >= 10, report
+    with av.open(str(out)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == report["frames_out"] and frames[0].shape == (120, 160, 3)

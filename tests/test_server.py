@@ -287,6 +287,37 @@ def test_eight_sessions_share_batches() -> None:
     run_async(scenario, timeout=80)
 
 
+@pytest.mark.slow
+def test_eight_sessions_with_the_tiny_model_batch() -> None:
+    """The same with the real (tiny) diffusion model: 8 sessions all get frames, and calls carry several."""
+    from pipelines.presets import load_pipeline
+
+    pipeline = load_pipeline("tiny", device="cpu")
+
+    async def scenario() -> None:
+        async with serving(pipeline, max_sessions=8) as (base, _):
+            peers: list[Peer] = []
+            try:
+                for _ in range(8):
+                    peers.append(await open_browser_like(base, width=96, height=64, fps=15, channel=False))
+                await asyncio.gather(*(p.wait_frames(5, timeout=60) for p in peers))
+                # each session has its own stream state (prompt, noise, smoothing)
+                assert len(pipeline.streams) >= 8
+                async with aiohttp.ClientSession() as http:
+                    async with http.get(f"{base}/metrics") as response:
+                        text = await response.text()
+            finally:
+                await asyncio.gather(*(p.close() for p in peers))
+        values = dict(re.findall(r"^(streamer_\S+) (\S+)$", text, re.M))
+        calls = float(values["streamer_batch_size_count"])
+        frames = float(values["streamer_batch_size_sum"])
+        print(f"8 tiny sessions: {calls:.0f} calls, {frames:.0f} frames, {frames / calls:.2f} frames a call")
+        assert values['streamer_sessions{kind="browser"}'] == "8"
+        assert calls > float(values['streamer_batch_size_bucket{le="1"}']), "no call carried more than one frame"
+
+    run_async(scenario, timeout=120)
+
+
 # ---- the `streamer serve` command ------------------------------------------------------------------------
 
 def streamer(*args: str) -> list[str]:
