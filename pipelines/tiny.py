@@ -93,12 +93,13 @@ def tiny_vae_kl() -> AutoencoderKL:
 
 def lcm_scheduler() -> LCMScheduler:
     return LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                        original_inference_steps=50, timestep_scaling=10.0, prediction_type="epsilon")
+                        original_inference_steps=50, timestep_scaling=10.0, prediction_type="epsilon",
+                        steps_offset=1)
 
 
 def turbo_scheduler() -> EulerDiscreteScheduler:
     return EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                  timestep_spacing="trailing", prediction_type="epsilon")
+                                  timestep_spacing="trailing", prediction_type="epsilon", steps_offset=1)
 
 
 def tiny_components(family: str = "lcm", *, seed: int = 0, full_vae: bool = False) -> dict:
