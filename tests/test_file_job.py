@@ -261,17 +261,7 @@ def test_ctrl_c_leaves_a_playable_file_and_exits_130(tmp_path: Path) -> None:
     assert info.audio_packets > 0
 
 
-def _tiny_available() -> bool:
-    try:
-        import pipelines.lcm_img2img  # noqa: F401
-        import pipelines.tiny  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _tiny_available(), reason="the tiny model preset is not built yet")
 def test_cli_tiny_preset_stylizes(tmp_path: Path) -> None:
     src = make_clip(tmp_path / "a.mp4", seconds=0.4, fps=30, size=(128, 96))
     out = tmp_path / "styled.mp4"

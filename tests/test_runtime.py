@@ -14,7 +14,6 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from test_rtsp import gi_available, start_server  # noqa: F401 - fixtures: a real RTSP server
 
 from pipelines.passthrough import PassthroughPipeline
 from streamer.control import (
@@ -398,7 +397,7 @@ def test_tiny_model_runs_live(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_rtsp_outage_keeps_sinks_paced_and_recovers(tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    from test_rtsp import free_port
+    from conftest import free_port
 
     from streamer.sources import open_source
 
