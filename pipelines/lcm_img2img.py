@@ -225,7 +225,9 @@ class StreamPipeline:
             if (height, width) != (self.config.height, self.config.width):
                 images = F.interpolate(images.float(), size=(self.config.height, self.config.width),
                                        mode="bilinear", antialias=True, align_corners=False).to(self.dtype)
-            out = self.step(images, states)
+            out = torch.empty_like(images)
+            for rounds in self._rounds(ids, states):
+                out[rounds] = self.step(images[rounds], [states[i] for i in rounds])
             if (height, width) != (self.config.height, self.config.width):
                 out = F.interpolate(out.float(), size=(height, width), mode="bilinear", antialias=True,
                                     align_corners=False)
@@ -233,6 +235,23 @@ class StreamPipeline:
             if output_type == "float":
                 return out.cpu().numpy()
             return (out * 255).round().to(torch.uint8).cpu().numpy()
+
+    @staticmethod
+    def _rounds(ids: list[str], states: list[StreamState]) -> list[list[int]]:
+        """Batch indices in the order they must run. A smoothed stream's frames depend on each other (each
+        blends with the one before), so its k-th frame in this batch goes into round k; frames of different
+        streams, and all frames of unsmoothed streams, share round 0: one model call."""
+        rounds: list[list[int]] = [[]]
+        seen: dict[str, int] = {}
+        for i, (stream_id, state) in enumerate(zip(ids, states, strict=True)):
+            k = 0
+            if state.smoothing.enabled:
+                k = seen.get(stream_id, 0)
+                seen[stream_id] = k + 1
+            while len(rounds) <= k:
+                rounds.append([])
+            rounds[k].append(i)
+        return rounds
 
     def step(self, images: torch.Tensor, states: list[StreamState]) -> torch.Tensor:
         """(B, 3, h, w) in [-1, 1] at the working size -> decoded (B, 3, h, w) in about [-1, 1]."""

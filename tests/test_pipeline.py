@@ -82,3 +82,14 @@ def test_bad_live_values_are_refused(pipe):
         pipe.update("s", strength=0)
     with pytest.raises(ValueError, match="unknown parameter"):
         pipe.update("s", colour="red")
+
+
+def test_smoothed_frames_of_one_stream_in_one_batch_equal_one_by_one():
+    """A file job sends 4 frames of one stream per call: with smoothing each must see the one before it."""
+    frames = np.stack([gradient(64, 64, shift=s) for s in (0, 0, 40, 40, 0)])
+    batched = load_pipeline("analytic", device="cpu", width=64, height=64)
+    single = load_pipeline("analytic", device="cpu", width=64, height=64)
+    out = np.concatenate([batched(frames[:4]), batched(frames[4:])])
+    one_by_one = np.concatenate([single(frames[i:i + 1]) for i in range(len(frames))])
+    assert np.array_equal(out, one_by_one)
+    assert not np.array_equal(out[1], out[2])  # the change at frame 2 shows at frame 2, not before
