@@ -62,6 +62,9 @@ class GpuWorker:
         """Run ``fn`` on the worker thread between batches (parameter changes that touch GPU state)."""
         fut: Future = Future()
         with self._cond:
+            if self._stop:
+                fut.set_exception(RuntimeError("the GPU worker has stopped"))
+                return fut
             self._controls.append((fn, args, kwargs, fut))
             self._cond.notify()
         return fut
@@ -70,6 +73,12 @@ class GpuWorker:
         return self.call(self.pipeline.update, stream_id, **params)
 
     def remove_stream(self, stream_id: str) -> Future:
+        """Forget a stream: its frames still waiting are cancelled (they would bring its state back)."""
+        with self._cond:
+            waiting = [job for job in self._jobs if job.frame.stream_id == stream_id]
+            self._jobs = deque(job for job in self._jobs if job.frame.stream_id != stream_id)
+        for job in waiting:
+            job.future.cancel()
         return self.call(self.pipeline.remove_stream, stream_id)
 
     def close(self, timeout: float = 30.0) -> None:
@@ -107,32 +116,46 @@ class GpuWorker:
             return controls, batch
 
     def _run(self) -> None:
-        while True:
-            taken = self._take()
-            if taken is None:
-                return
-            controls, batch = taken
-            for fn, args, kwargs, fut in controls:
-                try:
-                    fut.set_result(fn(*args, **kwargs))
-                except Exception as exc:  # noqa: BLE001 - reported to the caller through its future
-                    fut.set_exception(exc)
-            if not batch:
-                continue
-            batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
-            if not batch:
-                continue
-            start = time.perf_counter()
+        try:
+            while (taken := self._take()) is not None:
+                controls, batch = taken
+                for fn, args, kwargs, fut in controls:
+                    try:
+                        fut.set_result(fn(*args, **kwargs))
+                    except Exception as exc:  # noqa: BLE001 - reported to the caller through its future
+                        fut.set_exception(exc)
+                self._run_batch([job for job in batch if job.future.set_running_or_notify_cancel()])
+        finally:
+            # However the thread ends, nobody is left waiting on a future that will never resolve.
+            with self._cond:
+                self._stop = True
+                left = [job.future for job in self._jobs] + [control[3] for control in self._controls]
+                self._jobs.clear()
+                self._controls.clear()
+            for fut in left:
+                if not fut.done():
+                    fut.set_exception(RuntimeError("the GPU worker has stopped"))
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        if not batch:
+            return
+        start = time.perf_counter()
+        try:
+            images = np.stack([job.frame.image for job in batch])
+            out = self.pipeline(images, [job.frame.stream_id for job in batch])
+            if len(out) != len(batch):
+                raise RuntimeError(f"the pipeline returned {len(out)} frames for {len(batch)}")
+        except Exception as exc:  # noqa: BLE001 - every waiter learns why
+            log.error("pipeline failed on a batch of %d: %s", len(batch), exc)
+            log.debug("pipeline failure", exc_info=True)
+            for job in batch:
+                job.future.set_exception(exc)
+            return
+        elapsed = time.perf_counter() - start
+        for job, image in zip(batch, out, strict=True):
+            job.future.set_result(job.frame.with_image(image))
+        if self.on_batch is not None:
             try:
-                images = np.stack([job.frame.image for job in batch])
-                out = self.pipeline(images, [job.frame.stream_id for job in batch])
-            except Exception as exc:  # noqa: BLE001 - every waiter learns why
-                log.exception("pipeline failed on a batch of %d", len(batch))
-                for job in batch:
-                    job.future.set_exception(exc)
-                continue
-            elapsed = time.perf_counter() - start
-            if self.on_batch is not None:
                 self.on_batch(len(batch), elapsed)
-            for job, image in zip(batch, out, strict=True):
-                job.future.set_result(job.frame.with_image(image))
+            except Exception:  # noqa: BLE001 - metrics must never stop the model
+                log.debug("on_batch callback failed", exc_info=True)

@@ -1,0 +1,83 @@
+"""The GPU worker: batching across streams, and that nobody is left waiting when things go wrong."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from pipelines.passthrough import PassthroughPipeline
+from streamer.frames import Frame
+from streamer.worker import GpuWorker
+
+
+class GatedPipeline(PassthroughPipeline):
+    """Holds each call until released, so a test can make frames wait; records batch sizes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.batches: list[list[str]] = []
+
+    def __call__(self, frames, stream_ids=None):
+        self.gate.wait(10)
+        self.batches.append(list(stream_ids))
+        return super().__call__(frames, stream_ids)
+
+
+def frame(stream: str) -> Frame:
+    return Frame(np.zeros((8, 8, 3), np.uint8), pts=0, stream_id=stream)
+
+
+def test_frames_that_wait_together_share_one_call():
+    pipeline = GatedPipeline()
+    with GpuWorker(pipeline, max_batch=8) as worker:
+        first = worker.submit(frame("a"))
+        time.sleep(0.2)  # the first call is running and held at the gate
+        waiting = [worker.submit(frame(s)) for s in "bcd"]
+        pipeline.gate.set()
+        for fut in [first, *waiting]:
+            assert fut.result(10).image.shape == (8, 8, 3)
+    assert pipeline.batches == [["a"], ["b", "c", "d"]]
+
+
+def test_removing_a_stream_cancels_its_waiting_frames():
+    pipeline = GatedPipeline()
+    with GpuWorker(pipeline) as worker:
+        worker.submit(frame("a"))
+        time.sleep(0.2)
+        stale = worker.submit(frame("gone"))
+        kept = worker.submit(frame("b"))
+        removed = worker.remove_stream("gone")
+        pipeline.gate.set()
+        removed.result(10)
+        assert stale.cancelled()
+        assert kept.result(10).stream_id == "b"
+    assert all("gone" not in batch for batch in pipeline.batches)
+
+
+def test_a_failing_pipeline_reaches_every_waiter_and_the_worker_goes_on():
+    class Failing(PassthroughPipeline):
+        calls = 0
+
+        def __call__(self, frames, stream_ids=None):
+            self.calls += 1
+            if self.calls == 1:
+                raise RuntimeError("out of memory")
+            return super().__call__(frames, stream_ids)
+
+    with GpuWorker(Failing()) as worker:
+        with pytest.raises(RuntimeError, match="out of memory"):
+            worker.submit(frame("a")).result(10)
+        assert worker.submit(frame("a")).result(10).stream_id == "a"
+
+
+def test_after_close_submissions_and_calls_fail_at_once():
+    worker = GpuWorker(PassthroughPipeline())
+    worker.close()
+    with pytest.raises(RuntimeError, match="stopped"):
+        worker.submit(frame("a")).result(1)
+    with pytest.raises(RuntimeError, match="stopped"):
+        worker.update("a", prompt="x").result(1)
