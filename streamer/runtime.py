@@ -213,6 +213,8 @@ class Runtime:
         self._no_signal_since: float | None = None
         self._error: BaseException | None = None
         self._last_out: Frame | None = None
+        self._last_real_image: np.ndarray | None = None  # the last picture the model made (not a filler)
+        self._card_cache: tuple[np.ndarray, np.ndarray] | None = None
         self._last_emit = 0.0
         self._pts_offset = 0
         self._time_base: Fraction | None = None
@@ -358,6 +360,8 @@ class Runtime:
         for writer in self.writers:
             writer.offer(frame, repeated=repeated)
         self._last_out = frame
+        if not repeated:
+            self._last_real_image = frame.image
         self._last_emit = time.monotonic()
 
     def _fill_if_no_signal(self) -> None:
@@ -365,18 +369,18 @@ class Runtime:
         last, since = self._last_out, self._no_signal_since
         if since is None or last is None or time.monotonic() - self._last_emit < 1.0 / self.fps:
             return
-        image = last.image if time.monotonic() - since < HOLD_LAST_S else self._card(last.image)
+        image = last.image if time.monotonic() - since < HOLD_LAST_S else self._card()
         step = self._frame_step(last.time_base)
         filler = replace(last, image=image, pts=None if last.pts is None else last.pts + step,
                          capture_time=time.monotonic())
         self._emit(filler, repeated=True)
 
-    def _card(self, image: np.ndarray) -> np.ndarray:
-        cached = getattr(self, "_card_cache", None)
-        if cached is None or cached[0] is not image:
-            cached = (image, no_signal_card(image))
-            self._card_cache = cached
-        return cached[1]
+    def _card(self) -> np.ndarray:
+        """NO SIGNAL over the last real picture, made once per picture (never a card of a card)."""
+        image = self._last_real_image
+        if self._card_cache is None or self._card_cache[0] is not image:
+            self._card_cache = (image, no_signal_card(image))
+        return self._card_cache[1]
 
     def _frame_step(self, time_base: Fraction) -> int:
         return max(1, round(1 / (self.fps * time_base)))

@@ -39,6 +39,7 @@ class MarkReadingSink(Sink):
         self.name = name
         self.delay = delay
         self.seen: list[tuple[int | None, int | None, float]] = []
+        self.unmarked_brightness: list[float] = []  # mean level of frames without marks (no-signal cards)
         self.opened_with: tuple[int, int, float] | None = None
         self.closed = False
 
@@ -52,6 +53,7 @@ class MarkReadingSink(Sink):
         now = time.monotonic()
         if marks is None:
             self.seen.append((None, None, now))
+            self.unmarked_brightness.append(float(frame.image.mean()))
         else:
             self.seen.append((marks[0], marks_age_ms(marks[1]), now))
 
@@ -221,6 +223,9 @@ def test_no_signal_keeps_the_pace_then_resumes(passthrough_worker: GpuWorker) ->
     assert snap["sinks"]["marks"]["repeated"] >= 60  # fillers at ~30 fps for ~2.7 s
     cards = [i for i, _, _ in sink.seen if i is None]
     assert len(cards) >= 10  # after 2 s of silence the "no signal" card (marks dimmed away)
+    # One card, shown steadily: not dimmed again at every repeat.
+    assert max(sink.unmarked_brightness) - min(sink.unmarked_brightness) < 1.0
+    assert min(sink.unmarked_brightness) > 10
     indices = sink.indices
     assert max(indices) >= 4.0 * 30  # frames came back after the stall
     assert not snap["no_signal"]
