@@ -290,3 +290,37 @@ def test_rtsp_receiver_that_stops_reading_does_not_block_forever(tmp_path: Path)
             sink.close()
         except SinkError:
             pass
+
+
+@pytest.mark.slow
+def test_rtmp_publish_arrives(tmp_path: Path) -> None:
+    """rtmp:// is published as FLV to a real RTMP listener (ffmpeg -listen 1) on 127.0.0.1."""
+    assert FFMPEG is not None, "ffmpeg is needed as the RTMP listener"
+    port = free_port()
+    received = tmp_path / "received.flv"
+    server = subprocess.Popen(
+        [FFMPEG, "-hide_banner", "-loglevel", "error", "-listen", "1", "-timeout", "20",
+         "-i", f"rtmp://127.0.0.1:{port}/live/stream", "-c", "copy", "-y", str(received)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    sink = AvSink(f"rtmp://127.0.0.1:{port}/live/stream")
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # the listener needs a moment to bind
+            try:
+                sink.open(320, 180, 30)
+                break
+            except SinkError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        for i in range(45):
+            sink.write(frame(i, None, size=(320, 180)))
+            time.sleep(0.01)
+        sink.close()
+        server.wait(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(timeout=10)
+    info = probe(received)
+    assert info.frames >= 30 and (info.width, info.height) == (320, 180)

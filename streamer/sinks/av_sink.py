@@ -29,7 +29,8 @@ from streamer.sinks.base import Sink, SinkError
 log = logging.getLogger(__name__)
 
 # Network schemes -> container format. MPEG-TS carries H.264 over plain datagrams and SRT.
-NETWORK_FORMATS = {"udp": "mpegts", "srt": "mpegts", "tcp": "mpegts", "rtsp": "rtsp"}
+NETWORK_FORMATS = {"udp": "mpegts", "srt": "mpegts", "tcp": "mpegts", "rtsp": "rtsp", "rtsps": "rtsp",
+                   "rtmp": "flv", "rtmps": "flv"}
 NETWORK_TIME_BASE = Fraction(1, 90_000)
 # Encoders that understand a constant-quality "crf" option.
 CRF_ENCODERS = {"libx264", "libx264rgb", "libx265", "libvpx", "libvpx-vp9", "libsvtav1", "libaom-av1"}

@@ -53,7 +53,7 @@ def open_source(
         from streamer.sources.webcam import WebcamSource
 
         return WebcamSource(spec, fps=fps, **live)
-    if spec in ("-", "pipe:") or re.fullmatch(r"pipe:\d+", spec):
+    if spec in ("-", "pipe:", "pipe:0"):  # standard input; other pipes are given by their FIFO path
         return av_source.PipeSource(spec, **live)
 
     scheme = _SCHEME.match(spec)
