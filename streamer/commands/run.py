@@ -132,16 +132,20 @@ def run(args: argparse.Namespace) -> int:
     source = open_source(spec, width=pick("width"), height=pick("height"), fps=pick("fps"),
                          realtime=bool(pick("realtime", False)), loop=bool(pick("loop", False)),
                          transport=pick("transport", "tcp"), timeout=float(pick("timeout", 5.0)))
+    from pipelines.presets import load_pipeline
+
+    # The model loads before the source opens: a camera or a --realtime file would otherwise run (and count
+    # drops) through a load that can take many seconds. Bad specs were refused above, before the load.
+    pipeline = load_pipeline(config)
     source.open()
     try:
-        return _run_opened(args, source, sinks, config, pick, control_port)
+        return _run_opened(args, source, sinks, config, pipeline, pick, control_port)
     finally:
         source.close()
 
 
-def _run_opened(args: argparse.Namespace, source: Any, sinks: list, config: Any, pick: Any,
+def _run_opened(args: argparse.Namespace, source: Any, sinks: list, config: Any, pipeline: Any, pick: Any,
                 control_port: int) -> int:
-    from pipelines.presets import load_pipeline
     from streamer.control import ControlServer, LiveParams, TerminalControl, initial_params
     from streamer.runtime import Runtime
     from streamer.stats import RunStats
@@ -150,7 +154,6 @@ def _run_opened(args: argparse.Namespace, source: Any, sinks: list, config: Any,
     stats = RunStats()
     stats_path = pick("stats")
     show_progress = bool(pick("progress", False)) or sys.stderr.isatty()
-    pipeline = load_pipeline(config)
     worker = GpuWorker(pipeline, on_batch=stats.batch)
     server = None
     try:
