@@ -8,6 +8,9 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 DEFAULT_STREAM = "default"
+# What ``FramePipeline.update`` accepts: the parameters a user may change while a stream runs.
+LIVE_PARAMS = ("prompt", "negative_prompt", "strength", "num_inference_steps", "guidance_scale", "seed",
+               "smoothing")
 
 
 @runtime_checkable

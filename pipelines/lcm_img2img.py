@@ -18,14 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.config import PipelineConfig, SmoothingConfig
-from pipelines.frames import DEFAULT_STREAM, check_frames
+from pipelines.frames import DEFAULT_STREAM, LIVE_PARAMS, check_frames
 from pipelines.loading import ModelComponents, load_components
 from pipelines.schedules import StepScalars, build_schedule, predict_original
 
 log = logging.getLogger(__name__)
 
-LIVE_PARAMS = ("prompt", "negative_prompt", "strength", "num_inference_steps", "guidance_scale", "seed",
-               "smoothing")
 
 
 @dataclass

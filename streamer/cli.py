@@ -36,7 +36,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from streamer.sinks.base import SinkError
     from streamer.sources.base import SourceError
 
-    return (PipelineError, SourceError, SinkError, ValueError, FileNotFoundError, PermissionError)
+    # OSError covers what the system refuses (a folder given as a file, a full disk, a port in use).
+    return (PipelineError, SourceError, SinkError, ValueError, OSError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,11 +18,10 @@ from typing import Any, TextIO
 from pydantic import ValidationError
 
 from pipelines.config import PipelineConfig, SmoothingConfig
+from pipelines.frames import LIVE_PARAMS
 
 log = logging.getLogger(__name__)
 
-LIVE_PARAMS = ("prompt", "negative_prompt", "strength", "seed", "num_inference_steps", "guidance_scale",
-               "smoothing")
 MAX_PROMPT_CHARS = 2000
 MAX_BODY_BYTES = 64 * 1024
 UPDATE_TIMEOUT_S = 30.0
@@ -234,7 +233,13 @@ class ControlServer:
                 if self.path.split("?", 1)[0] != "/params":
                     _json_response(self, HTTPStatus.NOT_FOUND, {"error": "POST goes to /params"})
                     return
-                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    length = int(self.headers.get("Content-Length") or 0)
+                except ValueError:
+                    length = -1
+                if length < 0:
+                    _json_response(self, HTTPStatus.BAD_REQUEST, {"error": "bad Content-Length"})
+                    return
                 if length > MAX_BODY_BYTES:
                     _json_response(self, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "body too large"})
                     return

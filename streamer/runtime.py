@@ -14,7 +14,6 @@ network) is held to its pts on the wall clock, so a file plays at its own rate.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 import time
@@ -30,8 +29,7 @@ import numpy as np
 from pipelines.errors import PipelineError
 from streamer.frames import Frame
 from streamer.sinks.base import Sink, SinkError
-from streamer.sources import SourceTimeout
-from streamer.sources.base import Source, SourceError
+from streamer.sources.base import Source, SourceError, SourceTimeout
 from streamer.stats import RunStats
 
 log = logging.getLogger(__name__)
@@ -279,11 +277,10 @@ class Runtime:
     # --- capture thread -----------------------------------------------------------------------------
     def _capture(self) -> None:
         read = self.source.read
-        takes_timeout = "timeout" in inspect.signature(read).parameters
         try:
             while not self._stop.is_set():
                 try:
-                    frame = read(timeout=self.no_signal_after) if takes_timeout else read()
+                    frame = read(timeout=self.no_signal_after)
                 except SourceTimeout:
                     if self._no_signal_since is None:
                         self._no_signal_since = time.monotonic()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from streamer.sources.base import Source, SourceError
+from streamer.sources.base import Source, SourceError, SourceTimeout
 
 __all__ = ["Source", "SourceError", "SourceTimeout", "open_source"]
 
@@ -15,8 +15,4 @@ def __getattr__(name: str) -> Any:
         from streamer.sources.factory import open_source
 
         return open_source
-    if name == "SourceTimeout":
-        from streamer.sources.av_source import SourceTimeout
-
-        return SourceTimeout
     raise AttributeError(name)

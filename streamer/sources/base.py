@@ -14,7 +14,8 @@ class SourceError(RuntimeError):
 class Source(ABC):
     """open() -> read() until it returns None -> close(). Also a context manager.
 
-    ``read`` blocks until the next frame and returns None at the end of the stream. ``live`` sources
+    ``read`` blocks until the next frame and returns None at the end of the stream; with ``timeout`` a live
+    source raises SourceTimeout when no frame came in time (the caller keeps its sinks' pace meanwhile). ``live`` sources
     produce frames on their own clock (a camera, a network stream); the others can be read as fast as
     the consumer wants (a file).
     """
@@ -26,7 +27,7 @@ class Source(ABC):
     def open(self) -> None: ...
 
     @abstractmethod
-    def read(self) -> Frame | None: ...
+    def read(self, timeout: float | None = None) -> Frame | None: ...
 
     @abstractmethod
     def close(self) -> None: ...

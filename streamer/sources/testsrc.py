@@ -14,8 +14,7 @@ from fractions import Fraction
 import numpy as np
 
 from streamer.frames import Frame
-from streamer.sources import SourceTimeout
-from streamer.sources.base import Source, SourceError
+from streamer.sources.base import Source, SourceError, SourceTimeout
 
 MARK_BITS = 32
 MARK_ROWS = 3  # index, capture time (ms), inverted index
