@@ -1,7 +1,7 @@
 """`streamer run`: a live source through the model into sinks, until the source ends, --duration, or Ctrl-C.
 
 Exit status: 0 when the run ends cleanly, also after Ctrl-C (SIGINT) or SIGTERM: capture stops, the frame
-in flight finishes and every sink is closed, so a recorded file plays. A second Ctrl-C exits at once with
+in flight finishes and every sink is closed, so a recorded file plays. A second Ctrl-C abandons the clean stop with
 130. 2 when something cannot be opened or a setting is wrong (one line on stderr).
 """
 
@@ -28,7 +28,7 @@ EXAMPLES = """examples:
 'pipeline:' sections (see configs/setups/); flags given on the command line win over it.
 
 Ctrl-C or SIGTERM stops cleanly: the frame in flight finishes, every sink is closed (a recording plays),
-exit status 0. A second Ctrl-C exits at once (130). Anything that cannot be opened: one line, exit 2.
+exit status 0. A second Ctrl-C abandons the clean stop (130). Anything that cannot be opened: one line, exit 2.
 
 live control: type 'prompt a watercolor', 'strength 0.6', 'seed 3' or 'smoothing off' (when stdin is a
 terminal or with --control-stdin), or POST JSON to http://127.0.0.1:PORT/params with --control-port.
@@ -192,7 +192,7 @@ def _run_opened(args: argparse.Namespace, source: Any, sinks: list, config: Any,
 
 
 class _stop_on_signals:  # noqa: N801 - used as a context manager, reads like one
-    """SIGINT/SIGTERM stop the runtime cleanly; a second SIGINT interrupts at once (exit 130)."""
+    """SIGINT/SIGTERM stop the runtime cleanly; a second SIGINT abandons the clean stop (exit 130)."""
 
     def __init__(self, runtime: Any) -> None:
         self.runtime = runtime
