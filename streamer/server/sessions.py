@@ -121,7 +121,8 @@ class StylizedTrack(MediaStreamTrack):
                 raise MediaStreamError
             item, arrived = await self.slot.get()
             self.stats.dropped = self.slot.dropped
-            frame = self._to_frame(item, arrived)
+            # Pixel conversions run off the event loop: at several sessions they add up to real time.
+            frame = await asyncio.to_thread(self._to_frame, item, arrived)
             try:
                 out = await asyncio.wrap_future(self.worker.submit(frame))
             except Exception as exc:  # noqa: BLE001 - a failed frame is skipped, the stream goes on
@@ -133,10 +134,7 @@ class StylizedTrack(MediaStreamTrack):
             latency = time.monotonic() - arrived
             self.stats.frame_out(latency)
             self.metrics.frame_out(latency)
-            video = av.VideoFrame.from_ndarray(out.image, format="rgb24")
-            video.pts = out.pts
-            video.time_base = out.time_base
-            return video
+            return await asyncio.to_thread(_to_video, out.image, out.pts, out.time_base)
 
     def _to_frame(self, item: Any, arrived: float) -> Frame:
         self._index += 1
@@ -148,6 +146,12 @@ class StylizedTrack(MediaStreamTrack):
                          stream_id=self.stream_id, index=self._index)
         return Frame(item.to_ndarray(format="rgb24"), pts=item.pts, time_base=item.time_base,
                      capture_time=arrived, stream_id=self.stream_id, index=self._index)
+
+
+def _to_video(image: Any, pts: int | None, time_base: Fraction) -> av.VideoFrame:
+    video = av.VideoFrame.from_ndarray(image, format="rgb24")
+    video.pts, video.time_base = pts, time_base
+    return video
 
 
 class ViewerTrack(MediaStreamTrack):
@@ -163,9 +167,8 @@ class ViewerTrack(MediaStreamTrack):
 
     async def recv(self) -> av.VideoFrame:
         shared = await self.source.recv()
-        frame = av.VideoFrame.from_ndarray(shared.to_ndarray(format="rgb24"), format="rgb24")
-        frame.pts, frame.time_base = shared.pts, shared.time_base
-        return frame
+        return await asyncio.to_thread(
+            lambda: _to_video(shared.to_ndarray(format="rgb24"), shared.pts, shared.time_base))
 
     def stop(self) -> None:
         super().stop()
