@@ -68,6 +68,10 @@ class ServerOptions:
                 raise ValueError(f"{flag} {path}: no such file")
         if self.max_sessions < 1:
             raise ValueError(f"--max-sessions must be at least 1, got {self.max_sessions}")
+        if self.max_viewers < 1:
+            raise ValueError(f"--max-viewers must be at least 1, got {self.max_viewers}")
+        if self.max_batch < 1:
+            raise ValueError(f"--max-batch must be at least 1, got {self.max_batch}")
         if self.idle_timeout <= 0:
             raise ValueError(f"--idle-timeout must be positive, got {self.idle_timeout}")
         for url in self.ice_servers:

@@ -13,7 +13,6 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -439,12 +438,10 @@ def check_sdp(sdp: object) -> None:
 class SourceFeed:
     """Reads a server-side source on its own thread and keeps only its newest frame for the loop."""
 
-    def __init__(self, source: Any, loop: asyncio.AbstractEventLoop,
-                 on_end: Callable[[], None] | None = None) -> None:
+    def __init__(self, source: Any, loop: asyncio.AbstractEventLoop) -> None:
         self.source = source
         self.loop = loop
         self.slot = LatestFrameSlot()
-        self.on_end = on_end
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="server-source", daemon=True)
 
