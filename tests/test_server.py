@@ -411,3 +411,46 @@ def test_watch_relays_one_stylized_source_to_many_viewers() -> None:
         assert not feed._thread.is_alive()
 
     run_async(scenario)
+
+
+@pytest.mark.slow
+def test_serve_over_https_with_a_certificate(tmp_path: Path) -> None:
+    """--cert/--key: the page and the signalling answer over TLS (a self-signed certificate made here)."""
+    import ssl
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out",
+                    str(cert)], check=True, capture_output=True,
+                   timeout=60)
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as err:
+        server = subprocess.Popen(
+            streamer("--port", "0", "--token", TOKEN, "--preset", "passthrough", "--cert", str(cert), "--key",
+                     str(key), "--ice-address", "127.0.0.1"),
+            stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (match := re.search(r"serving on (https://127\.0\.0\.1:\d+)/", log.read_text())):
+            assert server.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        base = match.group(1)
+        context = ssl.create_default_context(cafile=str(cert))  # trusts exactly this certificate
+
+        async def scenario() -> None:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{base}/", ssl=context) as response:
+                    assert response.status == 200 and "<video" in await response.text()
+                async with http.get(f"{base}/metrics", ssl=context) as response:
+                    assert response.status == 401
+                async with http.get(f"{base}/metrics", ssl=context, headers=AUTH) as response:
+                    assert response.status == 200
+
+        run_async(scenario)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=20) == 0, log.read_text()
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=10)
