@@ -195,6 +195,19 @@ def test_srt_stream_arrives_or_says_srt_is_missing(tmp_path: Path) -> None:
 FFMPEG = shutil.which("ffmpeg")
 
 
+def open_when_listening(sink: AvSink, seconds: float = 10.0) -> None:
+    """Open a publishing sink once the listener subprocess has bound its port."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            sink.open(320, 180, 30)
+            return
+        except SinkError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(FFMPEG is None, reason="needs the ffmpeg program as an RTSP listener")
 def test_rtsp_publish_arrives_and_a_dead_server_gives_an_error(tmp_path: Path) -> None:
@@ -207,15 +220,7 @@ def test_rtsp_publish_arrives_and_a_dead_server_gives_an_error(tmp_path: Path) -
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     sink = AvSink(f"rtsp://127.0.0.1:{port}/live")
     try:
-        deadline = time.monotonic() + 10
-        while True:  # the listener needs a moment to bind
-            try:
-                sink.open(320, 180, 30)
-                break
-            except SinkError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        open_when_listening(sink)
         started = time.monotonic()
         # The server records 20 frames and hangs up: the peer disappears mid-stream.
         with pytest.raises(SinkError, match="broke") as err:
@@ -304,15 +309,7 @@ def test_rtmp_publish_arrives(tmp_path: Path) -> None:
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     sink = AvSink(f"rtmp://127.0.0.1:{port}/live/stream")
     try:
-        deadline = time.monotonic() + 10
-        while True:  # the listener needs a moment to bind
-            try:
-                sink.open(320, 180, 30)
-                break
-            except SinkError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        open_when_listening(sink)
         for i in range(45):
             sink.write(frame(i, None, size=(320, 180)))
             time.sleep(0.01)

@@ -258,30 +258,40 @@ def test_vanished_client_is_cleaned_up_within_seconds() -> None:
     run_async(scenario)
 
 
+async def eight_sessions(pipeline, timeout: float, while_open=None) -> dict[str, str]:
+    """8 browser-like peers at once; every one must receive frames. ``while_open()`` runs before they
+    hang up. Returns the /metrics values."""
+    async with serving(pipeline, max_sessions=8) as (base, _):
+        peers: list[Peer] = []
+        try:
+            for _ in range(8):
+                peers.append(await open_browser_like(base, width=96, height=64, fps=15, channel=False))
+            await asyncio.gather(*(p.wait_frames(5, timeout=timeout) for p in peers))
+            assert all(len(p.frames) >= 5 for p in peers)
+            if while_open is not None:
+                while_open()
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{base}/metrics") as response:
+                    text = await response.text()
+            return dict(re.findall(r"^(streamer_\S+) (\S+)$", text, re.M))
+        finally:
+            await asyncio.gather(*(p.close() for p in peers))
+
+
+def assert_batched(values: dict[str, str], label: str) -> None:
+    calls = float(values["streamer_batch_size_count"])
+    frames = float(values["streamer_batch_size_sum"])
+    print(f"{label}: {calls:.0f} calls, {frames:.0f} frames, {frames / calls:.2f} frames a call")
+    assert values['streamer_sessions{kind="browser"}'] == "8"
+    assert calls > float(values['streamer_batch_size_bucket{le="1"}']), "no model call carried more than one frame"
+
+
 def test_eight_sessions_share_batches() -> None:
-    """8 peers on a pipeline that takes 50 ms a call: every one gets frames, and calls carry several."""
+    """8 peers on a pipeline that takes 50 ms a call: every one gets stylized frames, and calls carry several."""
     pipeline = InvertingPipeline(delay=0.05)
 
     async def scenario() -> None:
-        async with serving(pipeline, max_sessions=8) as (base, _):
-            peers: list[Peer] = []
-            try:
-                for _ in range(8):
-                    peers.append(await open_browser_like(base, width=96, height=64, fps=15, channel=False))
-                await asyncio.gather(*(p.wait_frames(5, timeout=30) for p in peers))
-                assert all(is_inverted(p.frames[-1]) for p in peers)
-                async with aiohttp.ClientSession() as http:
-                    async with http.get(f"{base}/metrics") as response:
-                        text = await response.text()
-            finally:
-                await asyncio.gather(*(p.close() for p in peers))
-        values = dict(re.findall(r"^(streamer_\S+) (\S+)$", text, re.M))
-        single = float(values['streamer_batch_size_bucket{le="1"}'])
-        calls = float(values["streamer_batch_size_count"])
-        frames = float(values["streamer_batch_size_sum"])
-        print(f"8 sessions: {calls:.0f} calls, {frames:.0f} frames, {frames / calls:.2f} frames a call")
-        assert values['streamer_sessions{kind="browser"}'] == "8"
-        assert calls > single, "no model call carried more than one frame"
+        assert_batched(await eight_sessions(pipeline, timeout=30), "8 sessions")
         assert max(pipeline.batch_sizes) > 1
 
     run_async(scenario, timeout=80)
@@ -289,31 +299,17 @@ def test_eight_sessions_share_batches() -> None:
 
 @pytest.mark.slow
 def test_eight_sessions_with_the_tiny_model_batch() -> None:
-    """The same with the real (tiny) diffusion model: 8 sessions all get frames, and calls carry several."""
+    """The same with the real (tiny) diffusion model; each session keeps its own stream state."""
     from pipelines.presets import load_pipeline
 
     pipeline = load_pipeline("tiny", device="cpu")
 
+    def own_state_per_session() -> None:  # prompt, noise and smoothing state for each of the 8
+        assert len(pipeline.streams) >= 8
+
     async def scenario() -> None:
-        async with serving(pipeline, max_sessions=8) as (base, _):
-            peers: list[Peer] = []
-            try:
-                for _ in range(8):
-                    peers.append(await open_browser_like(base, width=96, height=64, fps=15, channel=False))
-                await asyncio.gather(*(p.wait_frames(5, timeout=60) for p in peers))
-                # each session has its own stream state (prompt, noise, smoothing)
-                assert len(pipeline.streams) >= 8
-                async with aiohttp.ClientSession() as http:
-                    async with http.get(f"{base}/metrics") as response:
-                        text = await response.text()
-            finally:
-                await asyncio.gather(*(p.close() for p in peers))
-        values = dict(re.findall(r"^(streamer_\S+) (\S+)$", text, re.M))
-        calls = float(values["streamer_batch_size_count"])
-        frames = float(values["streamer_batch_size_sum"])
-        print(f"8 tiny sessions: {calls:.0f} calls, {frames:.0f} frames, {frames / calls:.2f} frames a call")
-        assert values['streamer_sessions{kind="browser"}'] == "8"
-        assert calls > float(values['streamer_batch_size_bucket{le="1"}']), "no call carried more than one frame"
+        values = await eight_sessions(pipeline, timeout=60, while_open=own_state_per_session)
+        assert_batched(values, "8 tiny sessions")
 
     run_async(scenario, timeout=120)
 
