@@ -288,7 +288,9 @@ class StreamPipeline:
             state.smoother = StreamSmoother(state.smoothing)
         return state.smoother
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
+    # The three model calls, tensors in and out: the seams pipelines/compiled.py replaces with compiled
+    # versions (padded to fixed batch sizes) on CUDA.
+    def vae_encode(self, images: torch.Tensor) -> torch.Tensor:
         encoded = self.vae.encode(images.to(self.dtype))
         if hasattr(encoded, "latent_dist"):  # AutoencoderKL: the mean, so still input stays still
             latents = encoded.latent_dist.mode()
@@ -296,8 +298,21 @@ class StreamPipeline:
             latents = encoded.latents
         return latents * self.scaling_factor
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(latents.to(self.dtype) / self.scaling_factor).sample
+
+    def unet_forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                     timestep_cond: torch.Tensor | None = None, text_embeds: torch.Tensor | None = None,
+                     time_ids: torch.Tensor | None = None) -> torch.Tensor:
+        added = None if text_embeds is None else {"text_embeds": text_embeds, "time_ids": time_ids}
+        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                         timestep_cond=timestep_cond, added_cond_kwargs=added, return_dict=False)[0]
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.vae_encode(images)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae_decode(latents)
 
     def _column(self, values: list[float], like: torch.Tensor) -> torch.Tensor:
         return torch.tensor(values, device=like.device, dtype=torch.float32).view(-1, 1, 1, 1)
@@ -344,28 +359,27 @@ class StreamPipeline:
         embeds = [s.embeds for s in states]
         t = torch.tensor([p.timestep for p in steps], device=self.device)
         cond = torch.cat([e.cond for e in embeds])
-        kwargs: dict[str, Any] = {}
+        timestep_cond = None
         if states[0].guidance_embedding is not None:
-            kwargs["timestep_cond"] = torch.cat([s.guidance_embedding for s in states])
+            timestep_cond = torch.cat([s.guidance_embedding for s in states])
         guidance = [s.guidance_scale for s in states]
         cfg = self.uses_cfg and any(g > 1.0 for g in guidance)
+        pooled = time_ids = None
         if self.components.sdxl:
             h, w = self.config.height, self.config.width
-            time_ids = torch.tensor([[h, w, 0, 0, h, w]], device=self.device, dtype=self.dtype)
+            time_ids = torch.tensor([[h, w, 0, 0, h, w]], device=self.device, dtype=self.dtype).repeat(len(states), 1)
             pooled = torch.cat([e.pooled for e in embeds])
-            kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids.repeat(len(states), 1)}
         sample = x.to(self.dtype)
         if not cfg:
-            return self.unet(sample, t, encoder_hidden_states=cond, return_dict=False, **kwargs)[0]
+            return self.unet_forward(sample, t, cond, timestep_cond, pooled, time_ids)
         uncond = torch.cat([e.uncond for e in embeds])
         if self.components.sdxl:
-            kwargs["added_cond_kwargs"] = {
-                "text_embeds": torch.cat([torch.cat([e.uncond_pooled for e in embeds]), pooled]),
-                "time_ids": kwargs["added_cond_kwargs"]["time_ids"].repeat(2, 1)}
-        if "timestep_cond" in kwargs:
-            kwargs["timestep_cond"] = kwargs["timestep_cond"].repeat(2, 1)
-        both = self.unet(torch.cat([sample, sample]), torch.cat([t, t]),
-                         encoder_hidden_states=torch.cat([uncond, cond]), return_dict=False, **kwargs)[0]
+            pooled = torch.cat([torch.cat([e.uncond_pooled for e in embeds]), pooled])
+            time_ids = time_ids.repeat(2, 1)
+        if timestep_cond is not None:
+            timestep_cond = timestep_cond.repeat(2, 1)
+        both = self.unet_forward(torch.cat([sample, sample]), torch.cat([t, t]), torch.cat([uncond, cond]),
+                                 timestep_cond, pooled, time_ids)
         out_uncond, out_cond = both.float().chunk(2)
         g = self._column(guidance, x)
         guided = out_uncond + g * (out_cond - out_uncond)
