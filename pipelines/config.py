@@ -44,6 +44,11 @@ class PipelineConfig(BaseModel):
     device: str = "auto"
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     prompt_blend_frames: int = Field(4, ge=1, description="frames over which a new prompt fades in")
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="torch.compile the model calls (CUDA graphs on CUDA); auto = on CUDA only")
+    compile_batch_sizes: list[int] = Field(
+        default_factory=lambda: [1, 4], min_length=1,
+        description="batch sizes compiled at start-up; a batch is padded up to the next one, larger ones run eagerly")
     smoothing: SmoothingConfig = Field(default_factory=SmoothingConfig)
 
     @model_validator(mode="after")

@@ -85,7 +85,12 @@ class StreamPipeline:
     # ---- construction -------------------------------------------------------------------------------
     @classmethod
     def from_config(cls, config: PipelineConfig) -> StreamPipeline:
-        return cls(load_components(config), config)
+        from pipelines.compiled import enable_compile, should_compile
+
+        pipe = cls(load_components(config), config)
+        if should_compile(config.compile, pipe.device):
+            enable_compile(pipe, config.compile_batch_sizes)
+        return pipe
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> StreamPipeline:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipelines.compiled import enable_compile, should_compile
 from pipelines.config import PipelineConfig
 from pipelines.lcm_img2img import StreamPipeline
 from pipelines.loading import ModelComponents, resolve_device, resolve_dtype
@@ -53,7 +54,7 @@ def time_call(fn: Callable[[], object], device: torch.device, *, warmup: int, it
 
 def run_bench(*, size: str, device_name: str, dtype_name: str, resolution: int, batches: list[int],
               steps_list: list[int], vaes: list[str], strength: float, warmup: int, iterations: int,
-              log: Callable[[str], None] = print) -> dict:
+              compile_setting: str = "auto", log: Callable[[str], None] = print) -> dict:
     from diffusers import LatentConsistencyModelImg2ImgPipeline
 
     device = resolve_device(device_name)
@@ -69,6 +70,7 @@ def run_bench(*, size: str, device_name: str, dtype_name: str, resolution: int, 
     rows: list[BenchRow] = []
     for vae_name in vaes:
         reference.vae = (taesd if vae_name == "taesd" else full_vae).to(device)
+        baselines: dict[int, BenchRow] = {}
         for steps in steps_list:
             frame01 = rng.random((1, resolution, resolution, 3), dtype=np.float32)
             generator = torch.Generator("cpu").manual_seed(0)
@@ -80,26 +82,36 @@ def run_bench(*, size: str, device_name: str, dtype_name: str, resolution: int, 
                                  generator=generator)
 
             seconds = time_call(call_reference, device, warmup=warmup, iterations=iterations)
-            base = BenchRow("diffusers LatentConsistencyModelImg2ImgPipeline", vae_name, 1, steps,
-                            seconds * 1000, 1 / seconds, 1.0)
-            rows.append(base)
-            log(_format(base))
-            config = PipelineConfig(family="tiny", width=resolution, height=resolution, strength=strength,
-                                    num_inference_steps=steps, guidance_scale=8.0, prompt=prompt,
-                                    device=str(device), dtype=dtype_name, smoothing={"enabled": False})
-            components = ModelComponents(reference.unet, reference.vae, reference.scheduler, reference, "lcm",
-                                         False, device, dtype)
-            ours = StreamPipeline(components, config)
-            for batch in batches:
-                frames = rng.integers(0, 256, (batch, resolution, resolution, 3), dtype=np.uint8)
-                ids = [f"s{i}" for i in range(batch)]
-                seconds = time_call(lambda f=frames, i=ids, p=ours: p(f, i), device, warmup=warmup,
-                                    iterations=iterations)
-                row = BenchRow("streamer frame step (eager)", vae_name, batch, steps, seconds * 1000 / batch,
-                               batch / seconds)
-                row.ratio_vs_diffusers = base.ms_per_frame / row.ms_per_frame
-                rows.append(row)
-                log(_format(row))
+            baselines[steps] = BenchRow("diffusers LatentConsistencyModelImg2ImgPipeline", vae_name, 1, steps,
+                                        seconds * 1000, 1 / seconds, 1.0)
+            rows.append(baselines[steps])
+            log(_format(baselines[steps]))
+        config = PipelineConfig(family="tiny", width=resolution, height=resolution, strength=strength,
+                                guidance_scale=8.0, prompt=prompt, device=str(device), dtype=dtype_name,
+                                smoothing={"enabled": False})
+        components = ModelComponents(reference.unet, reference.vae, reference.scheduler, reference, "lcm",
+                                     False, device, dtype)
+        ours = StreamPipeline(components, config)
+        kinds = ["eager"]
+        if should_compile(compile_setting, device):
+            kinds.append("compiled")
+        for kind in kinds:
+            if kind == "compiled":
+                seconds = enable_compile(ours, batches, progress=log)
+                log(f"compiled for batches {batches} in {seconds:.1f} s")
+            for steps in steps_list:
+                ours.config = config.model_copy(update={"num_inference_steps": steps})
+                ours.streams.clear()  # streams take their settings from the config when first seen
+                for batch in batches:
+                    frames = rng.integers(0, 256, (batch, resolution, resolution, 3), dtype=np.uint8)
+                    ids = [f"s{i}" for i in range(batch)]
+                    seconds = time_call(lambda f=frames, i=ids, p=ours: p(f, i), device, warmup=warmup,
+                                        iterations=iterations)
+                    row = BenchRow(f"streamer frame step ({kind})", vae_name, batch, steps,
+                                   seconds * 1000 / batch, batch / seconds)
+                    row.ratio_vs_diffusers = baselines[steps].ms_per_frame / row.ms_per_frame
+                    rows.append(row)
+                    log(_format(row))
     return {
         "machine": {
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()

@@ -40,6 +40,9 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default=None, choices=["auto", "float16", "bfloat16", "float32"])
     g.add_argument("--smoothing", choices=["on", "off"], default=None,
                    help="latent temporal smoothing (default on); off = fixed noise only")
+    g.add_argument("--compile", choices=["auto", "on", "off"], default=None,
+                   help="torch.compile + CUDA graphs for the model calls (default auto: on CUDA only; "
+                        "the first start compiles for a minute or more, later starts use the cache)")
 
 
 def pipeline_config_from_args(args: argparse.Namespace, section: str = "pipeline") -> PipelineConfig:
@@ -58,6 +61,8 @@ def pipeline_config_from_args(args: argparse.Namespace, section: str = "pipeline
             overrides[key] = value
     if getattr(args, "resolution", None) is not None:
         overrides["width"], overrides["height"] = args.resolution
+    if getattr(args, "compile", None) is not None:
+        overrides["compile"] = args.compile
     if getattr(args, "smoothing", None) is not None:
         overrides["smoothing"] = {"enabled": args.smoothing == "on"}
     return build_config(preset, overrides)

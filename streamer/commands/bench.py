@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vae", choices=["taesd", "full", "both"], default="both")
     parser.add_argument("--strength", type=float, default=0.5)
     parser.add_argument("--iterations", type=int, default=None, help="timed calls per row (median reported)")
+    parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                        help="also time the compiled frame step (default auto: on CUDA only)")
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON to this file")
     # Accepted so a preset-driven invocation reports the preset's own loading errors.
     parser.add_argument("--preset", default=None, help="load this preset first (checks it can load)")
@@ -55,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         batches=args.batch or [1], steps_list=args.steps,
         vaes=["taesd", "full"] if args.vae == "both" else [args.vae], strength=args.strength,
         warmup=1 if args.quick else 3, iterations=args.iterations or (5 if args.quick else 20),
+        compile_setting=args.compile,
         log=lambda line: print(line, file=sys.stderr, flush=True),
     )
     print_table(result)
