@@ -2,6 +2,10 @@
 around the model. Target: >= 200 fps on a 2-core machine.
 
     python benchmarks/bench_file.py [--seconds 20] [--size 640x360] [--encoder-preset veryfast]
+    python benchmarks/bench_file.py --preset lcm-dreamshaper --size 512x512 --batch 8 --smoothing off
+
+With --preset the model runs too: `streamer file` end to end (issue target on an H100/H200-class GPU:
+>= 150 fps at 512x512).
 """
 
 from __future__ import annotations
@@ -42,7 +46,17 @@ def main() -> int:
     parser.add_argument("--encoder-preset", default=None, help="x264 preset (default: the sink's, veryfast)")
     parser.add_argument("--audio", action=argparse.BooleanOptionalAction, default=True, help="AAC track")
     parser.add_argument("--repeat", type=int, default=3, help="runs; the best is reported (default 3)")
+    parser.add_argument("--preset", default=None, help="run this model preset (default: no model)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch", type=int, default=4, help="frames per model call (default 4)")
+    parser.add_argument("--smoothing", choices=["on", "off"], default="on")
     args = parser.parse_args()
+    if args.preset:
+        from pipelines.presets import load_pipeline
+
+        pipeline = load_pipeline(args.preset, device=args.device, smoothing={"enabled": args.smoothing == "on"})
+    else:
+        pipeline = PassthroughPipeline()
 
     with tempfile.TemporaryDirectory() as folder:
         clip = make_clip(Path(folder) / "in.mp4", seconds=args.seconds, size=args.size, audio=args.audio)
@@ -52,12 +66,15 @@ def main() -> int:
         options = {"preset": args.encoder_preset} if args.encoder_preset else None
         best = None
         for run in range(args.repeat):
-            summary = stylize_file(clip, Path(folder) / "out.mp4", PassthroughPipeline(),
+            summary = stylize_file(clip, Path(folder) / "out.mp4", pipeline, batch=args.batch,
                                    encoder_options=options)
             print(f"run {run + 1}: {summary.report()}")
             if best is None or summary.fps > best.fps:
                 best = summary
     assert best is not None
+    if args.preset:
+        print(f"file with {args.preset}: {best.fps:.1f} fps end to end (best of {args.repeat})")
+        return 0
     verdict = "meets" if best.fps >= TARGET_FPS else "misses"
     print(f"file passthrough: {best.fps:.0f} fps (best of {args.repeat}); {verdict} the {TARGET_FPS:.0f} fps target")
     return 0
