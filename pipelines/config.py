@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Family = Literal["lcm", "lcm-lora", "turbo", "tiny", "analytic", "passthrough"]
+Family = Literal["lcm", "lcm-lora", "turbo", "tiny", "random-sd15", "analytic", "passthrough"]
 
 
 class SmoothingConfig(BaseModel):

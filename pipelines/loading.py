@@ -160,6 +160,14 @@ def load_components(config: PipelineConfig) -> ModelComponents:
         from pipelines.tiny import tiny_components
 
         pipe = LatentConsistencyModelImg2ImgPipeline(**tiny_components("lcm"))
+    elif config.family == "random-sd15":
+        from diffusers import LatentConsistencyModelImg2ImgPipeline
+
+        from pipelines.random_models import random_components
+
+        parts = random_components("sd15", dtype=dtype)
+        parts["vae"] = parts.pop("taesd")  # the real-time setup: a TAESD-size autoencoder
+        pipe = LatentConsistencyModelImg2ImgPipeline(**parts)
     elif config.family == "analytic":
         from pipelines.analytic import build_analytic_components
 
