@@ -16,7 +16,7 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -2
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 timeout 330 python3 -m streamer bench --device cuda --batch 1,4,8,16 --steps 1,2 --iterations 20 \
     --json "$OUT/bench.json" 2>&1 | tail -40
-timeout 120 python3 benchmarks/bench_file.py --preset sd15-random --size 512x512 --batch 8 --smoothing off \
+timeout 120 python3 benchmarks/bench_file.py --preset sd15-random --size 512x512 --batch 4 --smoothing off \
     --repeat 1 --seconds 20 2>&1 | tail -4 | tee "$OUT/file.txt"
 timeout 120 python3 benchmarks/bench_memory.py --preset sd15-random --device cuda --frames 10000 --every 1000 \
     2>&1 | tail -14 | tee "$OUT/memory.txt"
