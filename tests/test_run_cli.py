@@ -243,3 +243,11 @@ def test_live_pipe_source_through_the_runtime(tmp_path: Path) -> None:
     with av.open(str(out)) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(frames) == report["frames_out"] and frames[0].shape == (120, 160, 3)
+
+
+def test_a_stats_path_that_cannot_be_written_is_refused_before_the_run(tmp_path: Path) -> None:
+    for bad in (str(tmp_path), str(tmp_path / "missing" / "stats.json")):
+        done = streamer("--source", "testsrc", "--sink", str(tmp_path / "out.mp4"), "--preset", "passthrough",
+                        "--duration", "30", "--stats", bad, cwd=tmp_path, timeout=60)
+        assert done.returncode == 2 and "--stats" in done.stderr and "Traceback" not in done.stderr
+        assert not (tmp_path / "out.mp4").exists()  # refused before anything ran

@@ -126,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= control_port <= 65535:
         raise ValueError(f"--control-port must be 0-65535, got {control_port}")
     config = pipeline_config_from_args(args)
+    _check_writable("--stats", pick("stats"))
 
     av_options = {k: v for k, v in (("codec", pick("codec")), ("crf", pick("crf"))) if v is not None}
     sinks = make_sinks(list(sink_specs or []), **av_options)
@@ -189,6 +190,17 @@ def _run_opened(args: argparse.Namespace, source: Any, sinks: list, config: Any,
         if server is not None:
             server.close()
         worker.close()
+
+
+def _check_writable(flag: str, path: Any) -> None:
+    """Refuse before the run, not after it, an output file that cannot be written."""
+    if not path:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; give a file name such as {target / 'stats.json'}")
+    if not target.parent.exists():
+        raise ValueError(f"{flag} {path}: folder {target.parent} does not exist")
 
 
 class _stop_on_signals:  # noqa: N801 - used as a context manager, reads like one
