@@ -13,7 +13,6 @@ import argparse
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -50,16 +49,6 @@ class MarkLatencySink(Sink):
         pass
 
 
-class SlowPipeline(PassthroughPipeline):
-    def __init__(self, seconds: float) -> None:
-        super().__init__()
-        self.seconds = seconds
-
-    def __call__(self, frames, stream_ids=None):
-        time.sleep(self.seconds)
-        return super().__call__(frames, stream_ids)
-
-
 def passthrough_to_file(seconds: float, width: int, height: int, fps: float, folder: Path) -> dict:
     stats = RunStats()
     worker = GpuWorker(PassthroughPipeline(), on_batch=stats.batch)
@@ -73,7 +62,7 @@ def passthrough_to_file(seconds: float, width: int, height: int, fps: float, fol
 
 def slow_model(frames: int, width: int, height: int, fps: float, model_s: float) -> tuple[dict, list]:
     stats = RunStats()
-    worker = GpuWorker(SlowPipeline(model_s), on_batch=stats.batch)
+    worker = GpuWorker(PassthroughPipeline(delay=model_s), on_batch=stats.batch)
     sink = MarkLatencySink()
     try:
         source = TestSource(width, height, fps, max_frames=frames)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,11 +12,16 @@ from pipelines.frames import DEFAULT_STREAM, check_frames
 
 
 class PassthroughPipeline:
-    def __init__(self) -> None:
+    """``delay`` (seconds per call) stands in for a model's time, to measure the runtime behind a slow model."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
         self.params: dict[str, dict[str, Any]] = {}
 
     def __call__(self, frames: np.ndarray, stream_ids: Sequence[str] | None = None) -> np.ndarray:
         check_frames(frames, stream_ids)
+        if self.delay:
+            time.sleep(self.delay)
         return frames.copy()
 
     def update(self, stream_id: str = DEFAULT_STREAM, **params: Any) -> None:

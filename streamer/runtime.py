@@ -301,7 +301,7 @@ class Runtime:
         except SourceError as exc:
             self._fail(exc)
         except Exception as exc:  # noqa: BLE001 - end the run with one line rather than hang
-            log.exception("capture failed")
+            log.debug("capture failed", exc_info=True)  # the run ends with the one-line error below
             self._fail(SourceError(f"reading the source failed: {exc}"))
         finally:
             self._capture_slot.close()
@@ -338,7 +338,7 @@ class Runtime:
         except (SinkError, PipelineError, SourceError) as exc:
             self._fail(exc)
         except Exception as exc:  # noqa: BLE001
-            log.exception("the frame loop failed")
+            log.debug("the frame loop failed", exc_info=True)  # the run ends with the one-line error below
             self._fail(PipelineError(f"the frame loop failed: {exc}"))
         finally:
             self._stop.set()

@@ -78,7 +78,8 @@ class SinkStats:
 
 
 class RunStats:
-    """Collects what the runtime (or the WebRTC server) reports; thread-safe."""
+    """Collects what the live runtime reports; thread-safe. (The WebRTC server, with many sessions, keeps
+    its own counters in streamer/server/metrics.py, built on the same Rate.)"""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -86,7 +87,6 @@ class RunStats:
         self.frames_in = 0
         self.frames_out = 0
         self.dropped_capture = 0
-        self.sessions = 0
         self.no_signal = False
         self._sources: list[Any] = []  # sources that may count ``reconnects`` and ``dropped``
         self.rate_in, self.rate_out = Rate(), Rate()
@@ -148,10 +148,6 @@ class RunStats:
         with self._lock:
             self.sinks.setdefault(name, SinkStats()).errors += 1
 
-    def set_sessions(self, count: int) -> None:
-        with self._lock:
-            self.sessions = count
-
     # --- reports ------------------------------------------------------------------------------------
     def reconnects(self) -> int:
         return sum(int(getattr(s, "reconnects", 0) or 0) for s in self._sources)
@@ -190,7 +186,6 @@ class RunStats:
                 "dropped_at": dropped_at,
                 "reconnects": self.reconnects(),
                 "no_signal": self.no_signal,
-                "sessions": self.sessions,
                 "fps_in": round(self.frames_in / elapsed, 2),
                 "fps_out": round(self.frames_out / elapsed, 2),
                 "fps_in_now": round(self.rate_in.per_second(now), 2),
@@ -233,7 +228,6 @@ class RunStats:
             for labels, value in samples:
                 lines.append(f"{prefix}_{name}{labels} {value:g}")
 
-        metric("sessions", "gauge", "Streams being served.", [("", snap["sessions"])])
         metric("frames_in_total", "counter", "Frames captured.", [("", snap["frames_in"])])
         metric("frames_out_total", "counter", "Frames stylized.", [("", snap["frames_out"])])
         metric("fps", "gauge", "Frames per second over the last seconds.",

@@ -65,18 +65,6 @@ class MarkReadingSink(Sink):
         return [i for i, _, _ in self.seen if i is not None]
 
 
-class SlowPipeline(PassthroughPipeline):
-    """A model that takes ``seconds`` per call (frames unchanged)."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__()
-        self.seconds = seconds
-
-    def __call__(self, frames, stream_ids=None):
-        time.sleep(self.seconds)
-        return super().__call__(frames, stream_ids)
-
-
 def file_indices(path: Path) -> list[int | None]:
     with av.open(str(path)) as container:
         return [(m[0] if (m := read_marks(f.to_ndarray(format="rgb24"))) else None)
@@ -176,7 +164,7 @@ def test_latency_read_from_pixels_matches_stats(passthrough_worker: GpuWorker) -
 
 @pytest.mark.slow
 def test_slow_model_keeps_latency_bounded_and_drops_at_capture() -> None:
-    worker = GpuWorker(SlowPipeline(0.1))
+    worker = GpuWorker(PassthroughPipeline(delay=0.1))
     try:
         sink = MarkReadingSink()
         stats = RunStats()
@@ -243,7 +231,7 @@ def test_non_live_source_loses_no_frame(tmp_path: Path) -> None:
             writer.write(frame)
             frame = source.read()
     writer.close()
-    worker = GpuWorker(SlowPipeline(0.005))
+    worker = GpuWorker(PassthroughPipeline(delay=0.005))
     try:
         slow_sink, out = MarkReadingSink("slow", delay=0.01), tmp_path / "out.mp4"
         file_source = open_source(str(clip))

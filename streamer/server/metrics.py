@@ -10,6 +10,8 @@ import threading
 import time
 from collections import deque
 
+from streamer.stats import Rate
+
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16)
 BATCH_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 LATENCY_QUANTILES = (0.5, 0.9, 0.99)
@@ -41,27 +43,20 @@ class Histogram:
 class StreamStats:
     """Per-stream frame rate and latency over the last few seconds (for the page's readout)."""
 
-    def __init__(self, window: float = 2.0) -> None:
-        self.window = window
-        self._times: deque[float] = deque()
+    def __init__(self) -> None:
+        self._rate = Rate()
         self.last_latency = 0.0
         self.frames = 0
         self.dropped = 0
 
     def frame_out(self, latency: float) -> None:
-        now = time.monotonic()
-        self._times.append(now)
+        self._rate.tick(time.monotonic())
         self.frames += 1
         self.last_latency = latency
-        while self._times and self._times[0] < now - self.window:
-            self._times.popleft()
 
     @property
     def fps(self) -> float:
-        now = time.monotonic()
-        while self._times and self._times[0] < now - self.window:
-            self._times.popleft()
-        return len(self._times) / self.window
+        return self._rate.per_second(time.monotonic())
 
     def as_dict(self) -> dict[str, float]:
         return {"fps": round(self.fps, 2), "latency_ms": round(self.last_latency * 1000, 1),

@@ -177,7 +177,7 @@ class ThreadedSource(Source):
         except SourceError as exc:
             error = exc
         except Exception as exc:  # a bug or an unexpected library error: end the source, say why
-            log.exception("%s: reader stopped", self.name)
+            log.debug("%s: reader stopped", self.name, exc_info=True)  # reported below as one line
             error = SourceError(f"{self.name}: reader stopped: {describe_error(exc)}")
         finally:
             self._slot.finish(error)
