@@ -53,6 +53,10 @@ class StreamState:
     seed: int
     smoothing: SmoothingConfig
     schedule: list[StepScalars] = field(default_factory=list)
+    # The schedule as one device tensor (steps, 7): timestep, alpha, sigma, c_out, c_skip, next_alpha,
+    # next_sigma. Made when the schedule changes, so a frame step stacks rows instead of copying numbers in.
+    step_table: torch.Tensor | None = None
+    guidance_row: torch.Tensor | None = None  # (2,): guidance scale, 1.0 where it means no CFG
     noise: torch.Tensor | None = None  # (steps, C, h, w): initial noise, then LCM's between-step noise
     embeds: PromptEmbeddings | None = None
     blend_from: PromptEmbeddings | None = None  # the old prompt while a new one fades in
@@ -81,6 +85,9 @@ class StreamPipeline:
             self.vae.config, "block_out_channels") else 8
         self.latent_channels = int(self.unet.config.in_channels)
         self.streams: dict[str, StreamState] = {}
+        # SDXL's size conditioning: original size, crop corner, target size (img2img, no crop).
+        h, w = config.height, config.width
+        self.sdxl_time_ids = torch.tensor([[h, w, 0, 0, h, w]], device=self.device, dtype=self.dtype)
 
     # ---- construction -------------------------------------------------------------------------------
     @classmethod
@@ -181,9 +188,14 @@ class StreamPipeline:
             state.noise = torch.cat([
                 torch.randn((1, self.latent_channels, h, w), generator=gen, dtype=self.dtype)
                 for _ in state.schedule]).to(self.device)
+            state.step_table = torch.tensor(
+                [[p.timestep, p.alpha, p.sigma, p.c_out, p.c_skip, p.next_alpha, p.next_sigma]
+                 for p in state.schedule], dtype=torch.float32).to(self.device)
             if state.smoother is not None:
                 state.smoother.reset()
-        if guidance or state.guidance_embedding is None:
+        if guidance or state.guidance_row is None:
+            g = state.guidance_scale
+            state.guidance_row = torch.tensor([g, 1.0 if g <= 1.0 else 0.0], dtype=torch.float32).to(self.device)
             dim = getattr(self.unet.config, "time_cond_proj_dim", None)
             pipe = self.components.prompt_pipe
             if dim is not None and pipe is not None:
@@ -319,31 +331,29 @@ class StreamPipeline:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.vae_decode(latents)
 
-    def _column(self, values: list[float], like: torch.Tensor) -> torch.Tensor:
-        return torch.tensor(values, device=like.device, dtype=torch.float32).view(-1, 1, 1, 1)
+    @staticmethod
+    def _columns(rows: torch.Tensor) -> list[torch.Tensor]:
+        """(B, n) per-frame numbers -> n tensors of shape (B, 1, 1, 1) that broadcast over latents."""
+        return [rows[:, i].view(-1, 1, 1, 1) for i in range(rows.shape[1])]
 
     def denoise(self, latents: torch.Tensor, states: list[StreamState]) -> torch.Tensor:
         """Noise each frame at its stream's first timestep, then run every stream's steps, batched."""
-        first = [s.schedule[0] for s in states]
+        _, alpha0, sigma0, *_ = self._columns(torch.stack([s.step_table[0] for s in states]))
         noise0 = torch.stack([s.noise[0] for s in states])
-        x = self._column([p.alpha for p in first], latents) * latents.float() + \
-            self._column([p.sigma for p in first], latents) * noise0.float()
+        x = alpha0 * latents.float() + sigma0 * noise0.float()
         result = torch.empty_like(x)
+        renoise = states[0].schedule[0].renoise  # LCM re-noises between steps; Euler does not
         active = list(range(len(states)))
         k = 0
         while active:
             sub = [states[i] for i in active]
-            steps = [s.schedule[k] for s in sub]
+            rows = torch.stack([s.step_table[k] for s in sub])
             xs = x[active]
-            model_out = self._unet(xs, steps, sub)
-            alpha = self._column([p.alpha for p in steps], xs)
-            sigma = self._column([p.sigma for p in steps], xs)
+            model_out = self._unet(xs, rows[:, 0], sub)
+            _, alpha, sigma, c_out, c_skip, next_alpha, next_sigma = self._columns(rows)
             x0 = predict_original(self.prediction_type, xs, model_out.float(), alpha, sigma)
-            denoised = self._column([p.c_out for p in steps], xs) * x0 + \
-                self._column([p.c_skip for p in steps], xs) * xs
-            next_alpha = self._column([p.next_alpha for p in steps], xs)
-            next_sigma = self._column([p.next_sigma for p in steps], xs)
-            if steps[0].renoise:  # LCM: re-noise the denoised sample with the stream's next fixed noise
+            denoised = c_out * x0 + c_skip * xs
+            if renoise:  # LCM: re-noise the denoised sample with the stream's next fixed noise
                 fresh = torch.stack([s.noise[min(k + 1, len(s.schedule) - 1)] for s in sub]).float()
                 x_next = next_alpha * denoised + next_sigma * fresh
             else:  # Euler: deterministic move along the predicted noise
@@ -360,19 +370,16 @@ class StreamPipeline:
             k += 1
         return result.to(self.dtype)
 
-    def _unet(self, x: torch.Tensor, steps: list[StepScalars], states: list[StreamState]) -> torch.Tensor:
+    def _unet(self, x: torch.Tensor, t: torch.Tensor, states: list[StreamState]) -> torch.Tensor:
         embeds = [s.embeds for s in states]
-        t = torch.tensor([p.timestep for p in steps], device=self.device)
         cond = torch.cat([e.cond for e in embeds])
         timestep_cond = None
         if states[0].guidance_embedding is not None:
             timestep_cond = torch.cat([s.guidance_embedding for s in states])
-        guidance = [s.guidance_scale for s in states]
-        cfg = self.uses_cfg and any(g > 1.0 for g in guidance)
+        cfg = self.uses_cfg and any(s.guidance_scale > 1.0 for s in states)
         pooled = time_ids = None
         if self.components.sdxl:
-            h, w = self.config.height, self.config.width
-            time_ids = torch.tensor([[h, w, 0, 0, h, w]], device=self.device, dtype=self.dtype).repeat(len(states), 1)
+            time_ids = self.sdxl_time_ids.repeat(len(states), 1)
             pooled = torch.cat([e.pooled for e in embeds])
         sample = x.to(self.dtype)
         if not cfg:
@@ -386,7 +393,6 @@ class StreamPipeline:
         both = self.unet_forward(torch.cat([sample, sample]), torch.cat([t, t]), torch.cat([uncond, cond]),
                                  timestep_cond, pooled, time_ids)
         out_uncond, out_cond = both.float().chunk(2)
-        g = self._column(guidance, x)
+        g, no_cfg = self._columns(torch.stack([s.guidance_row for s in states]))
         guided = out_uncond + g * (out_cond - out_uncond)
-        no_cfg = self._column([1.0 if v <= 1.0 else 0.0 for v in guidance], x)
         return no_cfg * out_cond + (1 - no_cfg) * guided
