@@ -19,7 +19,7 @@ from diffusers import (
     LCMScheduler,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 TEXT_DIM = 32
 
@@ -50,8 +50,8 @@ def tiny_tokenizer() -> CLIPTokenizer:
         return CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), model_max_length=77)
 
 
-def tiny_text_encoder(vocab_size: int) -> CLIPTextModel:
-    return CLIPTextModel(CLIPTextConfig(
+def tiny_text_encoder(vocab_size: int, cls: type = CLIPTextModel) -> CLIPTextModel:
+    return cls(CLIPTextConfig(
         vocab_size=vocab_size, hidden_size=TEXT_DIM, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, max_position_embeddings=77, projection_dim=TEXT_DIM,
         bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
@@ -119,4 +119,29 @@ def tiny_components(family: str = "lcm", *, seed: int = 0, full_vae: bool = Fals
         "safety_checker": None,
         "feature_extractor": None,
         "requires_safety_checker": False,
+    }
+
+
+def tiny_sdxl_components(family: str = "turbo", *, seed: int = 0) -> dict:
+    """SDXL-architecture components (two text encoders, pooled embedding and size conditioning) for
+    ``StableDiffusionXLImg2ImgPipeline(**c)``; random, reproducible, TAESD-style autoencoder."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=8,
+        addition_embed_type="text_time", addition_time_embed_dim=8, transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=6 * 8 + TEXT_DIM, cross_attention_dim=2 * TEXT_DIM,
+    )
+    return {
+        "unet": unet.eval(),
+        "vae": tiny_taesd().eval(),
+        "text_encoder": tiny_text_encoder(len(tokenizer)).eval(),
+        "text_encoder_2": tiny_text_encoder(len(tokenizer), CLIPTextModelWithProjection).eval(),
+        "tokenizer": tokenizer,
+        "tokenizer_2": tokenizer,
+        "scheduler": turbo_scheduler() if family == "turbo" else lcm_scheduler(),
+        "requires_aesthetics_score": False,
+        "force_zeros_for_empty_prompt": True,
     }

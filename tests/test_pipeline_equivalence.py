@@ -153,3 +153,25 @@ def test_batched_streams_equivalence(tmp_path):
                         num_inference_steps=steps, strength=strength, guidance_scale=8.0,
                         generator=torch.Generator().manual_seed(seed))
         assert np.abs(out[k:k + 1] - ref).max() <= TOLERANCE, f"stream {k}"
+
+
+@pytest.mark.parametrize("guidance", [0.0, 2.5])
+def test_sdxl_turbo_equivalence(tmp_path, guidance):
+    """SDXL: two text encoders, pooled embeddings and size conditioning, vs StableDiffusionXLImg2ImgPipeline
+    (Euler, trailing); with guidance > 1 the negative prompt's pooled embedding is used too."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    from pipelines.tiny import tiny_sdxl_components
+
+    model = tmp_path / "sdxl"
+    StableDiffusionXLImg2ImgPipeline(**tiny_sdxl_components("turbo")).save_pretrained(model)
+    image = frames(1, seed=6)
+    negative = "blurry" if guidance > 1 else ""
+    _, out = ours(model, None, "turbo", image, sdxl=True, prompt="ink", negative_prompt=negative,
+                  num_inference_steps=1, strength=0.5, guidance_scale=guidance, seed=3)
+    ref_pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(model)
+    ref_pipe.set_progress_bar_config(disable=True)
+    ref = ref_pipe(prompt="ink", negative_prompt=negative or None, image=image.astype(np.float32) / 255,
+                   num_inference_steps=2, strength=0.5, guidance_scale=guidance, output_type="np",
+                   generator=torch.Generator().manual_seed(3)).images
+    assert np.abs(out - ref).max() <= TOLERANCE
