@@ -6,6 +6,10 @@ configured batch sizes (``compile_batch_sizes``) and slices the result back; a b
 runs eagerly. Everything is compiled at start-up (``warm_up``), one message per batch size, and inductor's
 cache lives in ~/.cache/streamer/inductor so the next start is fast. If compiling fails, the call says so
 once and runs eagerly from then on.
+
+CUDA graphs recorded by torch.compile belong to the thread that recorded them (each thread has its own
+graph tree and memory pool). The thread that will run frames (the GPU worker) calls ``prepare_thread``
+before its first frame, which records that thread's graphs from the already compiled code.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +34,54 @@ CACHE_DIR = Path.home() / ".cache" / "streamer" / "inductor"
 def should_compile(setting: str, device: torch.device) -> bool:
     """``auto``: on CUDA only (on a CPU the UNet is the whole cost and compiling buys little)."""
     return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+def ensure_cuda_graph_tls() -> None:
+    """Give this thread the thread-local state torch.compile's CUDA graph trees expect.
+
+    Before torch 2.13 only the importing thread (and autograd's threads) had it, so a compiled call from
+    any other thread failed an assertion (pytorch#123177); later versions create it on demand.
+    """
+    try:
+        from torch._inductor import cudagraph_trees as trees
+    except ImportError:
+        return
+    key = "tree_manager_containers"
+    if hasattr(trees.local, key) or torch._C._is_key_in_tls(key):
+        return
+    trees.local.tree_manager_containers = {}
+    trees.local.tree_manager_locks = defaultdict(threading.Lock)
+    torch._C._stash_obj_in_tls("tree_manager_containers", trees.local.tree_manager_containers)
+    torch._C._stash_obj_in_tls("tree_manager_locks", trees.local.tree_manager_locks)
+
+
+def _raise_recompile_limit(entries: int) -> None:
+    """One compiled entry per batch size and seam: keep dynamo from giving up on them (its default is 8)."""
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(config, name) and getattr(config, name) < entries:
+            setattr(config, name, entries)
+            return
+
+
+def speed_up_modules(unet: Any, vae: Any, device: torch.device, *, fuse_qkv: str = "auto",
+                     channels_last: str = "auto") -> list[str]:
+    """Layout changes that keep the pictures and make the kernels faster; returns what was applied.
+    ``auto`` means on CUDA only. Applied after any LoRA is fused (fusing QKV rewrites those weights)."""
+    applied: list[str] = []
+    if not isinstance(unet, torch.nn.Module):  # the analytic stand-in has no layers to rearrange
+        return applied
+    if should_compile(fuse_qkv, device) and hasattr(unet, "fuse_qkv_projections"):
+        try:
+            unet.fuse_qkv_projections()
+            applied.append("fused QKV projections")
+        except ValueError as exc:  # e.g. added KV projections, which diffusers does not fuse
+            log.info("attention projections left unfused: %s", exc)
+    if should_compile(channels_last, device):
+        unet.to(memory_format=torch.channels_last)
+        vae.to(memory_format=torch.channels_last)
+        applied.append("channels_last")
+    return applied
 
 
 def _bucket(batch: int, sizes: list[int]) -> int | None:
@@ -78,6 +132,7 @@ class CompiledCall:
         padded = [_pad(a, batch, size) for a in args]
         try:
             if self.cuda:
+                ensure_cuda_graph_tls()
                 torch.compiler.cudagraph_mark_step_begin()
             out = self.compiled(*padded)
             self.compiled_calls += 1
@@ -89,10 +144,11 @@ class CompiledCall:
 
 
 def enable_compile(pipe: Any, sizes: list[int], *, backend: str = "inductor",
-                   progress: Callable[[str], None] | None = None) -> float:
-    """Replace the pipeline's model calls by compiled ones and compile them for every batch size now.
-    Returns the seconds it took."""
+                   progress: Callable[[str], None] | None = None, warm: bool = True) -> float:
+    """Replace the pipeline's model calls by compiled ones and, with ``warm``, compile them for every batch
+    size now. Returns the seconds it took."""
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(CACHE_DIR))
+    _raise_recompile_limit(8 * len(sizes) + 8)
     device = pipe.device
     warned: list[str] = []
 
@@ -107,6 +163,10 @@ def enable_compile(pipe: Any, sizes: list[int], *, backend: str = "inductor",
     # With classifier-free guidance the UNet sees two rows per frame.
     unet_sizes = sorted(set(sizes) | ({2 * s for s in sizes} if pipe.uses_cfg else set()))
     pipe.unet_forward = CompiledCall("UNet", pipe.unet_forward, unet_sizes, device, backend, warn_once)
+    pipe.compiled_sizes = sorted(set(sizes))
+    pipe.warmed_threads = set()
+    if not warm:
+        return 0.0
     seconds = warm_up(pipe, sizes, progress=progress)
     (progress or _stderr)(f"streamer: frame step {'running eagerly' if warned else 'compiled'} after "
                           f"{seconds:.1f} s of warm-up")
@@ -129,8 +189,24 @@ def warm_up(pipe: Any, sizes: list[int], progress: Callable[[str], None] | None 
             f"{os.environ.get('TORCHINDUCTOR_CACHE_DIR', CACHE_DIR)})...")
         frames = np.zeros((size, pipe.config.height, pipe.config.width, 3), np.uint8)
         ids = [f"__warmup_{i}" for i in range(size)]
-        pipe(frames, ids)
+        # On CUDA the first call compiles, the second records the CUDA graphs, the third replays them.
+        for _ in range(3 if pipe.device.type == "cuda" else 1):
+            pipe(frames, ids)
         for stream_id in ids:
             pipe.remove_stream(stream_id)
         say(f"streamer: batch {size} ready in {time.perf_counter() - t0:.1f} s")
+    warmed = getattr(pipe, "warmed_threads", None)
+    if warmed is not None and set(sizes) >= set(getattr(pipe, "compiled_sizes", [])):
+        warmed.add(threading.get_ident())
     return time.perf_counter() - started
+
+
+def prepare_thread(pipe: Any) -> None:
+    """Before a new thread's first frame: on CUDA, record that thread's CUDA graphs (the compiled code is
+    shared, so this takes a few replays per batch size, not a compile)."""
+    sizes = getattr(pipe, "compiled_sizes", None)
+    if not sizes or pipe.device.type != "cuda" or threading.get_ident() in pipe.warmed_threads:
+        return
+    ensure_cuda_graph_tls()
+    seconds = warm_up(pipe, sizes, progress=log.debug)
+    log.info("CUDA graphs recorded for thread %s in %.1f s", threading.current_thread().name, seconds)

@@ -46,6 +46,11 @@ class PipelineConfig(BaseModel):
     prompt_blend_frames: int = Field(4, ge=1, description="frames over which a new prompt fades in")
     compile: Literal["auto", "on", "off"] = Field(
         "auto", description="torch.compile the model calls (CUDA graphs on CUDA); auto = on CUDA only")
+    fuse_qkv: Literal["auto", "on", "off"] = Field(
+        "auto", description="fuse the UNet's attention projections into one matmul; auto = on CUDA only")
+    channels_last: Literal["auto", "on", "off"] = Field(
+        "auto", description="UNet and VAE in channels-last memory layout (faster convolutions on tensor cores); "
+        "auto = on CUDA only")
     compile_batch_sizes: list[int] = Field(
         default_factory=lambda: [1, 4], min_length=1,
         description="batch sizes compiled at start-up; a batch is padded up to the next one, larger ones run eagerly")

@@ -21,6 +21,7 @@ from pipelines.config import PipelineConfig, SmoothingConfig
 from pipelines.frames import DEFAULT_STREAM, LIVE_PARAMS, check_frames
 from pipelines.loading import ModelComponents, load_components
 from pipelines.schedules import StepScalars, build_schedule, predict_original
+from pipelines.transfers import HostToDevice, PendingFrames
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class StreamPipeline:
             self.vae.config, "block_out_channels") else 8
         self.latent_channels = int(self.unet.config.in_channels)
         self.streams: dict[str, StreamState] = {}
+        self.uploads = HostToDevice(self.device)
         # SDXL's size conditioning: original size, crop corner, target size (img2img, no crop).
         h, w = config.height, config.width
         self.sdxl_time_ids = torch.tensor([[h, w, 0, 0, h, w]], device=self.device, dtype=self.dtype)
@@ -92,9 +94,11 @@ class StreamPipeline:
     # ---- construction -------------------------------------------------------------------------------
     @classmethod
     def from_config(cls, config: PipelineConfig) -> StreamPipeline:
-        from pipelines.compiled import enable_compile, should_compile
+        from pipelines.compiled import enable_compile, should_compile, speed_up_modules
 
         pipe = cls(load_components(config), config)
+        speed_up_modules(pipe.unet, pipe.vae, pipe.device, fuse_qkv=config.fuse_qkv,
+                         channels_last=config.channels_last)
         if should_compile(config.compile, pipe.device):
             enable_compile(pipe, config.compile_batch_sizes)
         return pipe
@@ -109,6 +113,12 @@ class StreamPipeline:
     def from_pretrained(cls, model_id: str, *, family: str = "lcm", **settings: Any) -> StreamPipeline:
         """A hub id or local diffusers folder; ``settings`` are PipelineConfig fields (vae_id, lora_id, ...)."""
         return cls.from_config(PipelineConfig(family=family, model_id=model_id, **settings))
+
+    def prepare_thread(self) -> None:
+        """Called on the thread that will run frames, before its first one (see pipelines/compiled.py)."""
+        from pipelines.compiled import prepare_thread
+
+        prepare_thread(self)
 
     # ---- per-stream parameters ----------------------------------------------------------------------
     def stream(self, stream_id: str = DEFAULT_STREAM) -> StreamState:
@@ -231,11 +241,17 @@ class StreamPipeline:
     def __call__(self, frames: np.ndarray, stream_ids: Sequence[str] | None = None,
                  output_type: Literal["uint8", "float"] = "uint8") -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N, H, W, 3) uint8 (or float in [0, 1] with ``output_type="float"``)."""
+        return self.submit(frames, stream_ids, output_type).result()
+
+    def submit(self, frames: np.ndarray, stream_ids: Sequence[str] | None = None,
+               output_type: Literal["uint8", "float"] = "uint8") -> PendingFrames:
+        """Queue the frame step and return without waiting for the GPU (on CUDA); ``.result()`` waits.
+        A caller that submits the next batch before taking this one's result keeps the GPU busy."""
         ids = check_frames(frames, stream_ids)
         states = [self.stream(i) for i in ids]
         n, height, width = frames.shape[:3]
         with torch.no_grad():
-            pixels = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+            pixels = self.uploads.upload(frames)
             images = pixels.permute(0, 3, 1, 2).to(self.dtype) / 127.5 - 1.0
             if (height, width) != (self.config.height, self.config.width):
                 images = F.interpolate(images.float(), size=(self.config.height, self.config.width),
@@ -248,8 +264,8 @@ class StreamPipeline:
                                     align_corners=False)
             out = (out.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
             if output_type == "float":
-                return out.cpu().numpy()
-            return (out * 255).round().to(torch.uint8).cpu().numpy()
+                return PendingFrames(out)
+            return PendingFrames((out * 255).round().to(torch.uint8))
 
     @staticmethod
     def _rounds(ids: list[str], states: list[StreamState]) -> list[list[int]]:

@@ -204,7 +204,8 @@ def _run_stages(source: av.container.InputContainer, video: av.VideoStream, sink
     decoder.start()
     encoder.start()
     try:
-        _stylize(pipeline, summary, decoded, stylized, stop, errors, batch=batch, stream_id=stream_id)
+        _stylize(pipeline, summary, decoded, stylized, stop, errors, batch=batch, stream_id=stream_id,
+                 encoder_alive=encoder.is_alive)
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
@@ -281,13 +282,27 @@ def _demux_tolerant(container: av.container.InputContainer, streams: list[Any],
 
 def _stylize(pipeline: FramePipeline, summary: FileJobSummary, inbox: queue.Queue[Any],
              outbox: queue.Queue[Any], stop: threading.Event, errors: list[BaseException], *,
-             batch: int, stream_id: str) -> None:
-    """Gather ``batch`` frames (and the audio between them), stylize, pass on in the same order."""
+             batch: int, stream_id: str, encoder_alive: Callable[[], bool]) -> None:
+    """Gather ``batch`` frames (and the audio between them), stylize, pass on in the same order.
+
+    A pipeline with ``submit`` (the diffusion pipeline) gets the next batch before this one's result is
+    taken, so the GPU never waits for the host between batches. Frames stylized before a stop are still
+    handed to the encoder while it runs."""
     pending: list[Any] = []
     frames_pending = 0
+    in_flight: tuple[Any, list[Any]] | None = None
+
+    def finish(flight: tuple[Any, list[Any]]) -> bool:
+        tick = time.perf_counter()
+        done = _collect(*flight)
+        summary.model_seconds += time.perf_counter() - tick
+        return all(_put(outbox, out_item, stop, encoder_alive) for out_item in done)
+
     while True:
         item = _get(inbox, stop)
         if item is None:  # stopped: a stage failed or the caller asked
+            if in_flight is not None and not errors:
+                finish(in_flight)
             return
         if item is not _END:
             pending.append(item)
@@ -296,24 +311,44 @@ def _stylize(pipeline: FramePipeline, summary: FileJobSummary, inbox: queue.Queu
                 continue
         if frames_pending:
             tick = time.perf_counter()
-            pending = _run_batch(pipeline, pending, stream_id)
+            try:
+                submitted = (_submit(pipeline, pending, stream_id), pending)
+            except BaseException:
+                if in_flight is not None:  # what was stylized before the failure is kept
+                    finish(in_flight)
+                raise
             summary.model_seconds += time.perf_counter() - tick
-        for out_item in pending:
-            if not _put(outbox, out_item, stop):
+            if in_flight is not None and not finish(in_flight):
+                return
+            in_flight = submitted
+        else:  # only audio since the last batch: it must still follow that batch's frames
+            if in_flight is not None and not finish(in_flight):
+                return
+            in_flight = None
+            if not all(_put(outbox, out_item, stop) for out_item in pending):
                 return
         pending, frames_pending = [], 0
         if item is _END:
+            if in_flight is not None:
+                finish(in_flight)
             return
 
 
-def _run_batch(pipeline: FramePipeline, items: list[Any], stream_id: str) -> list[Any]:
-    frames = [item for item in items if isinstance(item, Frame)]
-    images = np.stack([f.image for f in frames])
-    result = pipeline(images, [stream_id] * len(frames))
-    if not isinstance(result, np.ndarray) or result.shape != images.shape or result.dtype != np.uint8:
-        shape = getattr(result, "shape", type(result).__name__)
-        raise ValueError(f"the pipeline returned {shape} for frames of shape {images.shape}; "
+def _submit(pipeline: FramePipeline, items: list[Any], stream_id: str) -> Any:
+    images = np.stack([item.image for item in items if isinstance(item, Frame)])
+    ids = [stream_id] * len(images)
+    submit = getattr(pipeline, "submit", None)
+    return (submit(images, ids) if submit is not None else pipeline(images, ids)), images.shape
+
+
+def _collect(submitted: Any, items: list[Any]) -> list[Any]:
+    handle, shape = submitted
+    result = handle if isinstance(handle, np.ndarray) else handle.result()
+    if not isinstance(result, np.ndarray) or result.shape != shape or result.dtype != np.uint8:
+        found = getattr(result, "shape", type(result).__name__)
+        raise ValueError(f"the pipeline returned {found} for frames of shape {shape}; "
                          "it must return uint8 frames of the same shape")
+    frames = [item for item in items if isinstance(item, Frame)]
     styled = iter(frame.with_image(image) for frame, image in zip(frames, result, strict=True))
     return [next(styled) if isinstance(item, Frame) else item for item in items]
 
@@ -337,9 +372,11 @@ def _encode(sink: AvSink, summary: FileJobSummary, inbox: queue.Queue[Any], bar:
         summary.encode_seconds = busy
 
 
-def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
-    """Block until there is room (no frame is ever dropped) unless the job is stopping."""
-    while not stop.is_set():
+def _put(q: queue.Queue[Any], item: Any, stop: threading.Event,
+         keep_going: Callable[[], bool] | None = None) -> bool:
+    """Block until there is room (no frame is ever dropped) unless the job is stopping (and ``keep_going``,
+    if given, says no)."""
+    while not stop.is_set() or (keep_going is not None and keep_going()):
         try:
             q.put(item, timeout=POLL_SECONDS)
             return True

@@ -66,3 +66,17 @@ def test_cuda_graph_step_matches_eager_on_cuda():
         a = eager(frames(n), ids, output_type="float")
         assert np.abs(a - b).max() < 2e-2, n
     assert graphed.unet_forward.compiled_calls > 0 and not graphed.unet_forward.failed
+
+
+def test_fused_qkv_and_channels_last_keep_the_pictures():
+    """The layout changes made on CUDA by default, forced on here on the CPU: same pictures."""
+    plain = load_pipeline("tiny", device="cpu", smoothing={"enabled": False}, fuse_qkv="off", channels_last="off")
+    fast = load_pipeline("tiny", device="cpu", smoothing={"enabled": False}, fuse_qkv="on", channels_last="on")
+    from diffusers.models.attention_processor import FusedAttnProcessor2_0
+
+    assert any(isinstance(p, FusedAttnProcessor2_0) for p in fast.unet.attn_processors.values())
+    assert not any(isinstance(p, FusedAttnProcessor2_0) for p in plain.unet.attn_processors.values())
+    ids = ["a", "b", "c"]
+    a = plain(frames(3), ids, output_type="float")
+    b = fast(frames(3), ids, output_type="float")
+    assert np.abs(a - b).max() < 1e-4

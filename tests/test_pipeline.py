@@ -93,3 +93,16 @@ def test_smoothed_frames_of_one_stream_in_one_batch_equal_one_by_one():
     one_by_one = np.concatenate([single(frames[i:i + 1]) for i in range(len(frames))])
     assert np.array_equal(out, one_by_one)
     assert not np.array_equal(out[1], out[2])  # the change at frame 2 shows at frame 2, not before
+
+
+def test_submitted_batches_come_back_in_order_and_equal_direct_calls(pipe):
+    """``submit`` queues work and returns; holding one batch in flight (as the file job does) changes nothing."""
+    rng = np.random.default_rng(5)
+    batches = [rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8) for _ in range(3)]
+    direct = [pipe(b, ["x", "y"]) for b in batches]
+    first = pipe.submit(batches[0], ["x", "y"])
+    second = pipe.submit(batches[1], ["x", "y"])
+    assert np.array_equal(first.result(), direct[0])
+    third = pipe.submit(batches[2], ["x", "y"])
+    assert np.array_equal(second.result(), direct[1]) and np.array_equal(third.result(), direct[2])
+    assert first.done() and third.result().dtype == np.uint8

@@ -81,3 +81,39 @@ def test_after_close_submissions_and_calls_fail_at_once():
         worker.submit(frame("a")).result(1)
     with pytest.raises(RuntimeError, match="stopped"):
         worker.update("a", prompt="x").result(1)
+
+
+def test_the_worker_prepares_its_own_thread_before_the_first_frame():
+    """A compiled pipeline records its CUDA graphs on the thread that runs frames (pipelines/compiled.py)."""
+    seen: list[str] = []
+
+    class Prepared(PassthroughPipeline):
+        def prepare_thread(self) -> None:
+            seen.append(threading.current_thread().name)
+
+        def __call__(self, frames, stream_ids=None):
+            seen.append("frame")
+            return super().__call__(frames, stream_ids)
+
+    with GpuWorker(Prepared()) as worker:
+        worker.submit(frame("a")).result(5)
+    assert seen == ["gpu-worker", "frame"]
+
+
+def test_cuda_graph_thread_state_is_made_for_any_thread():
+    """torch before 2.13 had the graph trees' thread state only on the importing thread (pytorch#123177)."""
+    import torch
+
+    from pipelines.compiled import ensure_cuda_graph_tls
+
+    found: list[bool] = []
+
+    def run() -> None:
+        ensure_cuda_graph_tls()
+        ensure_cuda_graph_tls()  # a second call changes nothing
+        found.append(torch._C._is_key_in_tls("tree_manager_containers"))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert found == [True]
