@@ -34,7 +34,7 @@ def main() -> int:
     parser.add_argument("--size", default="512x512", help="input frame size WxH (default 512x512)")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
-    pipe = load_pipeline(args.preset, device=args.device)
+    pipe = load_pipeline(args.preset, device=args.device, compile_batch_sizes=[args.batch])
     cuda = torch.cuda.is_available() and str(getattr(pipe, "device", "cpu")).startswith("cuda")
     rng = np.random.default_rng(0)
     base = rng.integers(0, 256, (args.batch, height, width, 3), dtype=np.uint8)

@@ -1,22 +1,50 @@
 #!/usr/bin/env bash
-# One run on a lent GPU machine for the speed issue: the frame step side by side with diffusers (eager and
-# compiled, batch 1/4/8/16, 1 and 2 steps), `streamer file` end to end at 512x512, and memory over 10,000
-# frames. Results go to $OUT.
+# One prepared run on a lent GPU machine for the speed issue, in priority order, each stage under its own
+# time limit so a slow stage cannot cost the ones after it (about 9.5 minutes in all):
+#   smoke   the CUDA-only paths on the tiny preset (benchmarks/gpu_smoke.py)
+#   bench   `streamer bench`: diffusers vs the eager and compiled frame step, batch 1/16/8/4, 1 and 2 steps
+#           (sizes compile one at a time in that order; bench.json is rewritten after every row)
+#   file    `streamer file` end to end at 512x512, batch 16 (compiled code comes from bench's cache)
+#   memory  10,000 frames at batch 16, GPU and host memory sampled every 1,000
+#   nvdec   PyAV's h264_cuvid against CPU decoding
+# Results land in $OUT, one file per stage.
 #
-# The GPU machine has torch, transformers, opencv and numpy but not diffusers, av or pydantic, and no
-# network: carry wheels for its Python (3.12) in .wheels/, made here with
-#   pip download --dest .wheels --only-binary=:all: --python-version 3.12 --no-deps \
-#       diffusers av pydantic pydantic-core annotated-types typing-inspection tqdm pyyaml
-# and pass `carry: [".wheels"]` to the device tool.
+# The machine has torch, transformers, opencv and numpy but not diffusers, av or pydantic, and no network:
+# carry wheels for its Python (3.12) in .whl/ (ignored by git), made here with
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
+#       diffusers av pydantic pydantic-core annotated-types typing-inspection typing_extensions importlib_metadata
+# and pass carry [".whl"] with the command `bash benchmarks/gpu_check.sh`.
 set -u
 OUT=${OUT:-out}
 mkdir -p "$OUT"
-python3 -m pip install -q --no-deps --no-index .wheels/*.whl 2>&1 | tail -2
-python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -2
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-timeout 330 python3 -m streamer bench --device cuda --batch 1,4,8,16 --steps 1,2 --iterations 20 \
-    --json "$OUT/bench.json" 2>&1 | tail -40
-timeout 120 python3 benchmarks/bench_file.py --preset sd15-random --size 512x512 --batch 4 --smoothing off \
-    --repeat 1 --seconds 20 2>&1 | tail -4 | tee "$OUT/file.txt"
-timeout 120 python3 benchmarks/bench_memory.py --preset sd15-random --device cuda --frames 10000 --every 1000 \
-    2>&1 | tail -14 | tee "$OUT/memory.txt"
+export PYTHONUNBUFFERED=1
+T0=$(date +%s)
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .whl/*.whl 2>&1 | tail -3
+export PYTHONPATH=/tmp/site:$PWD
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+    nproc
+    python3 -c "import torch, diffusers, av, transformers; print('torch', torch.__version__, 'cuda', \
+torch.version.cuda, 'diffusers', diffusers.__version__, 'av', av.__version__, 'transformers', transformers.__version__)"
+} 2>&1 | tee "$OUT/gpu.txt"
+
+stage() {
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name (limit ${limit} s, starting at $(( $(date +%s) - T0 )) s)"
+    timeout -k 5 "$limit" "$@" >"$OUT/$name.txt" 2>&1
+    echo "exit status $?" >>"$OUT/$name.txt"
+    grep -v -e Warning -e warn -e "^ *warnings\." "$OUT/$name.txt" | tail -n 28
+}
+
+stage smoke 70 python3 benchmarks/gpu_smoke.py
+stage bench 270 python3 -m streamer bench --device cuda --batch 1,16,8,4 --steps 1,2 --vae taesd \
+    --iterations 20 --json "$OUT/bench.json"
+stage file 90 python3 benchmarks/bench_file.py --preset sd15-random --device cuda --size 512x512 --batch 16 \
+    --smoothing off --repeat 2 --seconds 20
+stage memory 90 python3 benchmarks/bench_memory.py --preset sd15-random --device cuda --batch 16 \
+    --frames 10000 --every 1000
+stage nvdec 25 python3 benchmarks/nvdec_probe.py --seconds 20 --size 512x512
+echo "== done at $(( $(date +%s) - T0 )) s"

@@ -31,6 +31,21 @@ log = logging.getLogger(__name__)
 CACHE_DIR = Path.home() / ".cache" / "streamer" / "inductor"
 
 
+def use_cache_dir() -> str:
+    """Keep compiled code in CACHE_DIR (it outlives /tmp, torch's default) unless the user chose a folder
+    with TORCHINDUCTOR_CACHE_DIR. Torch writes its default into that variable the first time it asks."""
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        torch_default = os.path.abspath(default_cache_dir())
+    except ImportError:
+        torch_default = None
+    if current is None or os.path.abspath(current) == torch_default:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = current = str(CACHE_DIR)
+    return current
+
+
 def should_compile(setting: str, device: torch.device) -> bool:
     """``auto``: on CUDA only (on a CPU the UNet is the whole cost and compiling buys little)."""
     return setting == "on" or (setting == "auto" and device.type == "cuda")
@@ -147,7 +162,7 @@ def enable_compile(pipe: Any, sizes: list[int], *, backend: str = "inductor",
                    progress: Callable[[str], None] | None = None, warm: bool = True) -> float:
     """Replace the pipeline's model calls by compiled ones and, with ``warm``, compile them for every batch
     size now. Returns the seconds it took."""
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(CACHE_DIR))
+    use_cache_dir()
     _raise_recompile_limit(8 * len(sizes) + 8)
     device = pipe.device
     warned: list[str] = []

@@ -4,6 +4,7 @@ on the same random-weight components (no download), the same prompt embeddings, 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.compiled import enable_compile, should_compile
+from pipelines.compiled import enable_compile, should_compile, speed_up_modules, warm_up
 from pipelines.config import PipelineConfig
 from pipelines.lcm_img2img import StreamPipeline
 from pipelines.loading import ModelComponents, resolve_device, resolve_dtype
@@ -31,6 +32,9 @@ class BenchRow:
     ms_per_frame: float
     fps: float
     ratio_vs_diffusers: float | None = None
+    unet_tflops: float | None = None  # UNet FLOPs of the frames / the whole step's time: a lower bound
+    peak_memory_mb: float | None = None  # GPU memory allocated at the peak of the row (CUDA only)
+    compile_s: float | None = None  # compiling this batch size, on the first row that needed it
 
 
 def _sync(device: torch.device) -> None:
@@ -52,101 +56,195 @@ def time_call(fn: Callable[[], object], device: torch.device, *, warmup: int, it
     return statistics.median(times)
 
 
+def unet_flops_per_frame(unet: torch.nn.Module, sample: torch.Tensor, timestep: torch.Tensor,
+                         encoder_hidden_states: torch.Tensor, timestep_cond: torch.Tensor | None) -> float:
+    """FLOPs of one batch-1 UNet forward, counted by torch's FlopCounterMode (matmuls, convolutions,
+    attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, timestep_cond=timestep_cond,
+             return_dict=False)
+    return float(counter.get_total_flops())
+
+
+class _Measure:
+    """Times rows and fills in what every row reports; ``checkpoint`` sees the result after each row."""
+
+    def __init__(self, device: torch.device, warmup: int, iterations: int, log: Callable[[str], None],
+                 result: dict, checkpoint: Callable[[dict], None] | None) -> None:
+        self.device, self.warmup, self.iterations, self.log = device, warmup, iterations, log
+        self.result, self.checkpoint = result, checkpoint
+        self.rows: list[BenchRow] = []
+        self.unet_flops = 0.0
+
+    def row(self, name: str, vae: str, batch: int, steps: int, fn: Callable[[], object],
+            baseline: BenchRow | None = None, compile_s: float | None = None) -> BenchRow:
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        seconds = time_call(fn, self.device, warmup=self.warmup, iterations=self.iterations)
+        row = BenchRow(name, vae, batch, steps, seconds * 1000 / batch, batch / seconds, compile_s=compile_s)
+        row.ratio_vs_diffusers = 1.0 if baseline is None else baseline.ms_per_frame / row.ms_per_frame
+        if self.unet_flops:
+            row.unet_tflops = self.unet_flops * steps * batch / seconds / 1e12
+        if cuda:
+            row.peak_memory_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        self.rows.append(row)
+        self.log(_format(row))
+        self.result["rows"] = [_row_json(r) for r in self.rows]
+        if self.checkpoint is not None:
+            self.checkpoint(self.result)
+        return row
+
+
+def _row_json(r: BenchRow) -> dict:
+    out = asdict(r)
+    for key in ("ms_per_frame", "fps", "ratio_vs_diffusers", "unet_tflops", "peak_memory_mb", "compile_s"):
+        if out[key] is not None:
+            out[key] = round(out[key], 6 if key == "unet_tflops" else 3)
+    return out
+
+
+def _machine(device: torch.device) -> dict:
+    import diffusers
+
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+        or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "diffusers": diffusers.__version__,
+        "python": platform.python_version(),
+    }
+
+
 def run_bench(*, size: str, device_name: str, dtype_name: str, resolution: int, batches: list[int],
               steps_list: list[int], vaes: list[str], strength: float, warmup: int, iterations: int,
-              compile_setting: str = "auto", log: Callable[[str], None] = print) -> dict:
+              compile_setting: str = "auto", fuse_qkv: str = "auto", channels_last: str = "auto",
+              log: Callable[[str], None] = print, checkpoint: Callable[[dict], None] | None = None) -> dict:
+    """diffusers' pipeline at batch 1 with both VAEs, then the project's frame step (eager, and compiled
+    where ``compile_setting`` says) with each of ``vaes`` at every batch size and step count. Compiled batch
+    sizes are compiled one at a time in the order given, each just before its rows, so a run cut short
+    still has the rows of the sizes it reached (``checkpoint`` is called after every row)."""
     from diffusers import LatentConsistencyModelImg2ImgPipeline
 
     device = resolve_device(device_name)
     dtype = resolve_dtype(dtype_name, device)
+    started = time.perf_counter()
     parts = random_components(size, dtype=dtype)
-    taesd = parts.pop("taesd")
+    taesd = parts.pop("taesd").to(device)
     full_vae = parts["vae"]
     reference = LatentConsistencyModelImg2ImgPipeline(**parts).to(device)
     reference.set_progress_bar_config(disable=True)
+    log(f"{size} components built and moved to {device} in {time.perf_counter() - started:.1f} s")
     prompt = "an oil painting of a city at night"
     embeds, _ = reference.encode_prompt(prompt, device, 1, False)
+    result = {"machine": _machine(device), "model_size": size, "resolution": resolution,
+              "dtype": str(dtype).removeprefix("torch."), "strength": strength, "iterations": iterations,
+              "rows": []}
+    measure = _Measure(device, warmup, iterations, log, result, checkpoint)
     rng = np.random.default_rng(0)
-    rows: list[BenchRow] = []
-    for vae_name in vaes:
-        reference.vae = (taesd if vae_name == "taesd" else full_vae).to(device)
-        baselines: dict[int, BenchRow] = {}
+
+    latent = resolution // 8
+    w = torch.tensor([8.0 - 1.0])
+    guidance = reference.get_guidance_scale_embedding(w, embedding_dim=reference.unet.config.time_cond_proj_dim)
+    measure.unet_flops = unet_flops_per_frame(
+        reference.unet, torch.zeros((1, 4, latent, latent), device=device, dtype=dtype),
+        torch.tensor([499.0], device=device), embeds, guidance.to(device, dtype))
+    result["unet_gflop_per_frame"] = round(measure.unet_flops / 1e9, 2)
+    log(f"UNet: {measure.unet_flops / 1e9:.1f} GFLOP per frame and step")
+
+    # diffusers first, on the untouched modules.
+    baselines: dict[tuple[str, int], BenchRow] = {}
+    for vae_name in ("full", "taesd"):
+        reference.vae = taesd if vae_name == "taesd" else full_vae
         for steps in steps_list:
-            frame01 = rng.random((1, resolution, resolution, 3), dtype=np.float32)
+            image = rng.random((1, resolution, resolution, 3), dtype=np.float32)
             generator = torch.Generator("cpu").manual_seed(0)
 
-            def call_reference(steps: int = steps, image: np.ndarray = frame01,
+            def call_reference(steps: int = steps, image: np.ndarray = image,
                                generator: torch.Generator = generator) -> object:
                 return reference(prompt_embeds=embeds, image=image, num_inference_steps=steps,
-                                 strength=strength, guidance_scale=8.0, output_type="np",
-                                 generator=generator)
+                                 strength=strength, guidance_scale=8.0, output_type="np", generator=generator)
 
-            seconds = time_call(call_reference, device, warmup=warmup, iterations=iterations)
-            baselines[steps] = BenchRow("diffusers LatentConsistencyModelImg2ImgPipeline", vae_name, 1, steps,
-                                        seconds * 1000, 1 / seconds, 1.0)
-            rows.append(baselines[steps])
-            log(_format(baselines[steps]))
-        config = PipelineConfig(family="tiny", width=resolution, height=resolution, strength=strength,
-                                guidance_scale=8.0, prompt=prompt, device=str(device), dtype=dtype_name,
-                                smoothing={"enabled": False})
-        components = ModelComponents(reference.unet, reference.vae, reference.scheduler, reference, "lcm",
-                                     False, device, dtype)
+            baselines[vae_name, steps] = measure.row("diffusers LatentConsistencyModelImg2ImgPipeline", vae_name,
+                                                     1, steps, call_reference)
+
+    applied = speed_up_modules(reference.unet, full_vae, device, fuse_qkv=fuse_qkv, channels_last=channels_last)
+    if applied and should_compile(channels_last, device):
+        taesd.to(memory_format=torch.channels_last)
+    result["layout"] = applied
+    if applied:
+        log(f"frame step modules: {', '.join(applied)}")
+    config = PipelineConfig(family="tiny", width=resolution, height=resolution, strength=strength,
+                            guidance_scale=8.0, prompt=prompt, device=str(device), dtype=dtype_name,
+                            smoothing={"enabled": False})
+    for vae_name in vaes:
+        vae = taesd if vae_name == "taesd" else full_vae
+        components = ModelComponents(reference.unet, vae, reference.scheduler, reference, "lcm", False, device,
+                                     dtype)
         ours = StreamPipeline(components, config)
-        kinds = ["eager"]
-        if should_compile(compile_setting, device):
-            kinds.append("compiled")
+        kinds = ["eager", "compiled"] if should_compile(compile_setting, device) else ["eager"]
         for kind in kinds:
             if kind == "compiled":
-                seconds = enable_compile(ours, batches, progress=log)
-                log(f"compiled for batches {batches} in {seconds:.1f} s")
-            for steps in steps_list:
-                ours.config = config.model_copy(update={"num_inference_steps": steps})
-                ours.streams.clear()  # streams take their settings from the config when first seen
-                for batch in batches:
+                enable_compile(ours, batches, warm=False)
+            for batch in batches:
+                compile_s = None
+                if kind == "compiled":
+                    ours.config = config
+                    compile_s = warm_up(ours, [batch], progress=log)
+                for steps in steps_list:
+                    ours.config = config.model_copy(update={"num_inference_steps": steps})
+                    ours.streams.clear()  # streams take their settings from the config when first seen
                     frames = rng.integers(0, 256, (batch, resolution, resolution, 3), dtype=np.uint8)
                     ids = [f"s{i}" for i in range(batch)]
-                    seconds = time_call(lambda f=frames, i=ids, p=ours: p(f, i), device, warmup=warmup,
-                                        iterations=iterations)
-                    row = BenchRow(f"streamer frame step ({kind})", vae_name, batch, steps,
-                                   seconds * 1000 / batch, batch / seconds)
-                    row.ratio_vs_diffusers = baselines[steps].ms_per_frame / row.ms_per_frame
-                    rows.append(row)
-                    log(_format(row))
-    return {
-        "machine": {
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-            or platform.machine(),
-            "cpu_count": __import__("os").cpu_count(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
-        "model_size": size, "resolution": resolution, "dtype": str(dtype).removeprefix("torch."),
-        "strength": strength, "iterations": iterations,
-        "rows": [asdict(r) | {"ms_per_frame": round(r.ms_per_frame, 3), "fps": round(r.fps, 3),
-                              "ratio_vs_diffusers": None if r.ratio_vs_diffusers is None
-                              else round(r.ratio_vs_diffusers, 3)} for r in rows],
-    }
+                    measure.row(f"streamer frame step ({kind})", vae_name, batch, steps,
+                                lambda f=frames, i=ids, p=ours: p(f, i), baselines[vae_name, steps],
+                                compile_s)
+                    compile_s = None
+            if kind == "compiled":
+                failed = [c.name for c in (ours.vae_encode, ours.unet_forward, ours.vae_decode) if c.failed]
+                if failed:
+                    log(f"warning: compiling failed at the {', '.join(failed)}; those rows ran eagerly")
+                    result["compile_failed"] = failed
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    return result
 
 
 def _format(row: BenchRow) -> str:
-    ratio = "" if row.ratio_vs_diffusers is None else f"{row.ratio_vs_diffusers:6.2f}x"
+    extra = ""
+    if row.ratio_vs_diffusers is not None:
+        extra += f" {row.ratio_vs_diffusers:6.2f}x"
+    if row.unet_tflops is not None:
+        extra += f" {row.unet_tflops:7.3g} TFLOP/s"
+    if row.peak_memory_mb is not None:
+        extra += f" peak {row.peak_memory_mb:7.0f} MB"
+    if row.compile_s is not None:
+        extra += f" (compiled in {row.compile_s:.1f} s)"
     return (f"{row.name:<48} vae={row.vae:<6} batch={row.batch:<3} steps={row.steps} "
-            f"{row.ms_per_frame:9.2f} ms/frame {row.fps:8.2f} fps {ratio}")
+            f"{row.ms_per_frame:9.2f} ms/frame {row.fps:8.2f} fps{extra}")
 
 
 def write_json(result: dict, path: Path) -> None:
     if path.parent and not path.parent.exists():
         raise ValueError(f"cannot write {path}: folder {path.parent} does not exist")
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    partial = path.with_name(path.name + ".partial")  # a run killed mid-write keeps the previous rows
+    partial.write_text(json.dumps(result, indent=2) + "\n")
+    partial.replace(path)
 
 
 def print_table(result: dict, stream=sys.stdout) -> None:
     m = result["machine"]
     print(f"# {result['model_size']} components, {result['resolution']}x{result['resolution']}, "
           f"{result['dtype']}, on {m['device']} ({m['cpu_count']} CPUs), torch {m['torch']}", file=stream)
-    print(f"{'name':<48} {'vae':<6} {'batch':>5} {'steps':>5} {'ms/frame':>10} {'fps':>8} {'vs diffusers':>12}",
-          file=stream)
+    print(f"{'name':<48} {'vae':<6} {'batch':>5} {'steps':>5} {'ms/frame':>10} {'fps':>8} {'vs diffusers':>12} "
+          f"{'UNet TFLOP/s':>12} {'peak MB':>8}", file=stream)
     for r in result["rows"]:
         ratio = "" if r["ratio_vs_diffusers"] is None else f"{r['ratio_vs_diffusers']:.2f}x"
+        tflops = "" if r.get("unet_tflops") is None else f"{r['unet_tflops']:.3g}"
+        peak = "" if r.get("peak_memory_mb") is None else f"{r['peak_memory_mb']:.0f}"
         print(f"{r['name']:<48} {r['vae']:<6} {r['batch']:>5} {r['steps']:>5} {r['ms_per_frame']:>10.2f} "
-              f"{r['fps']:>8.2f} {ratio:>12}", file=stream)
+              f"{r['fps']:>8.2f} {ratio:>12} {tflops:>12} {peak:>8}", file=stream)

@@ -15,15 +15,18 @@ def test_quick_bench_json(tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     rows = result["rows"]
-    assert [r["name"].split()[0] for r in rows] == ["diffusers", "streamer", "streamer"]
+    assert [(r["name"].split()[0], r["vae"]) for r in rows] == [
+        ("diffusers", "full"), ("diffusers", "taesd"), ("streamer", "taesd"), ("streamer", "taesd")]
+    assert [r["batch"] for r in rows[2:]] == [1, 2]
     for row in rows:
-        assert set(row) >= {"name", "batch", "steps", "ms_per_frame", "fps", "ratio_vs_diffusers"}
-        assert row["ms_per_frame"] > 0
+        assert set(row) >= {"name", "batch", "steps", "ms_per_frame", "fps", "ratio_vs_diffusers", "unet_tflops"}
+        assert row["ms_per_frame"] > 0 and row["unet_tflops"] > 0
         # fps and ms/frame describe the same measurement (allowing for the JSON's rounding)
         assert abs(row["fps"] * row["ms_per_frame"] - 1000) < 1000 * 0.01
-    base = rows[0]["ms_per_frame"]
-    for row in rows[1:]:
+    base = rows[1]["ms_per_frame"]  # each frame-step row is compared with diffusers on the same VAE
+    for row in rows[2:]:
         assert abs(row["ratio_vs_diffusers"] - base / row["ms_per_frame"]) < 0.01 * row["ratio_vs_diffusers"] + 0.01
+    assert result["unet_gflop_per_frame"] > 0 and result["machine"]["diffusers"]
     assert "diffusers" in proc.stdout and "ms/frame" in proc.stdout
 
 

@@ -29,11 +29,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resolution", type=int, default=None, help="square frame size (default 512; 64 quick)")
     parser.add_argument("--batch", type=_ints, default=None, help="batch sizes of the frame step, e.g. 1,4,8,16")
     parser.add_argument("--steps", type=_ints, default=[1, 2], help="denoising steps to time (default 1,2)")
-    parser.add_argument("--vae", choices=["taesd", "full", "both"], default="both")
+    parser.add_argument("--vae", choices=["taesd", "full", "both"], default="both",
+                        help="VAE of the frame step's rows (diffusers is timed with both either way)")
     parser.add_argument("--strength", type=float, default=0.5)
     parser.add_argument("--iterations", type=int, default=None, help="timed calls per row (median reported)")
     parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                        help="also time the compiled frame step (default auto: on CUDA only)")
+                        help="also time the compiled frame step (default auto: on CUDA only); batch sizes "
+                             "compile one at a time, in the order --batch gives them")
+    parser.add_argument("--fuse-qkv", choices=["auto", "on", "off"], default="auto",
+                        help="fused attention projections in the frame step's UNet (default auto: on CUDA)")
+    parser.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
+                        help="channels-last layout for the frame step's UNet and VAE (default auto: on CUDA)")
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON to this file")
     # Accepted so a preset-driven invocation reports the preset's own loading errors.
     parser.add_argument("--preset", default=None, help="load this preset first (checks it can load)")
@@ -57,8 +63,9 @@ def run(args: argparse.Namespace) -> int:
         batches=args.batch or [1], steps_list=args.steps,
         vaes=["taesd", "full"] if args.vae == "both" else [args.vae], strength=args.strength,
         warmup=1 if args.quick else 3, iterations=args.iterations or (5 if args.quick else 20),
-        compile_setting=args.compile,
+        compile_setting=args.compile, fuse_qkv=args.fuse_qkv, channels_last=args.channels_last,
         log=lambda line: print(line, file=sys.stderr, flush=True),
+        checkpoint=None if args.json is None else lambda result: write_json(result, args.json),
     )
     print_table(result)
     if args.json is not None:

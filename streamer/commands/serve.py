@@ -61,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
     config = pipeline_config_from_args(args)
     options.defaults = {"prompt": config.prompt, "strength": config.strength, "seed": config.seed,
                         "smoothing": config.smoothing.enabled}
+    # One model call holds at most a frame per session (and one of the server-side source): compile for it.
+    largest = min(args.max_batch, args.max_sessions + (1 if args.source else 0))
+    if config.compile != "off" and max(config.compile_batch_sizes) < largest:
+        config = config.model_copy(update={"compile_batch_sizes": sorted({*config.compile_batch_sizes, largest})})
     pipeline = load_pipeline(config)
     source = None
     if args.source:
