@@ -39,12 +39,12 @@ stage() {
     grep -v -e Warning -e warn -e "^ *warnings\." "$OUT/$name.txt" | tail -n 28
 }
 
-stage smoke 70 python3 benchmarks/gpu_smoke.py
-stage bench 270 python3 -m streamer bench --device cuda --batch 1,16,8,4 --steps 1,2 --vae taesd \
+stage smoke 60 python3 benchmarks/gpu_smoke.py
+stage bench 280 python3 -m streamer bench --device cuda --batch 1,16,8,4 --steps 1,2 --vae taesd \
     --iterations 20 --json "$OUT/bench.json"
-stage file 90 python3 benchmarks/bench_file.py --preset sd15-random --device cuda --size 512x512 --batch 16 \
+stage file 85 python3 benchmarks/bench_file.py --preset sd15-random --device cuda --size 512x512 --batch 16 \
     --smoothing off --repeat 2 --seconds 20
-stage memory 90 python3 benchmarks/bench_memory.py --preset sd15-random --device cuda --batch 16 \
+stage memory 95 python3 benchmarks/bench_memory.py --preset sd15-random --device cuda --batch 16 \
     --frames 10000 --every 1000
-stage nvdec 25 python3 benchmarks/nvdec_probe.py --seconds 20 --size 512x512
+stage nvdec 20 python3 benchmarks/nvdec_probe.py --seconds 20 --size 512x512
 echo "== done at $(( $(date +%s) - T0 )) s"
