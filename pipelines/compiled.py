@@ -7,9 +7,10 @@ runs eagerly. Everything is compiled at start-up (``warm_up``), one message per 
 cache lives in ~/.cache/streamer/inductor so the next start is fast. If compiling fails, the call says so
 once and runs eagerly from then on.
 
-CUDA graphs recorded by torch.compile belong to the thread that recorded them (each thread has its own
-graph tree and memory pool). The thread that will run frames (the GPU worker) calls ``prepare_thread``
-before its first frame, which records that thread's graphs from the already compiled code.
+torch.compile's CUDA graph trees keep per-thread state, which torch before 2.13 made only on the importing
+thread (pytorch#123177). The thread that will run frames (the GPU worker) calls ``prepare_thread`` before
+its first frame: it makes that state and runs every compiled size there, so nothing is compiled or
+recorded on air.
 """
 
 from __future__ import annotations
@@ -217,11 +218,11 @@ def warm_up(pipe: Any, sizes: list[int], progress: Callable[[str], None] | None 
 
 
 def prepare_thread(pipe: Any) -> None:
-    """Before a new thread's first frame: on CUDA, record that thread's CUDA graphs (the compiled code is
-    shared, so this takes a few replays per batch size, not a compile)."""
+    """Before a new thread's first frame, on CUDA: make the graph trees' thread state and run every
+    compiled size once more (the compiled code is shared between threads: replays, not a compile)."""
     sizes = getattr(pipe, "compiled_sizes", None)
     if not sizes or pipe.device.type != "cuda" or threading.get_ident() in pipe.warmed_threads:
         return
     ensure_cuda_graph_tls()
     seconds = warm_up(pipe, sizes, progress=log.debug)
-    log.info("CUDA graphs recorded for thread %s in %.1f s", threading.current_thread().name, seconds)
+    log.info("compiled frame step ready on thread %s in %.1f s", threading.current_thread().name, seconds)
