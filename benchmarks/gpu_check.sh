@@ -7,7 +7,7 @@
 #   file    `streamer file` end to end at 512x512, batch 16 (compiled code comes from bench's cache)
 #   memory  10,000 frames at batch 16, GPU and host memory sampled every 1,000
 #   nvdec   PyAV's h264_cuvid against CPU decoding
-# Results land in $OUT, one file per stage.
+# Results land in $OUT, one file per stage. STAGES="smoke file" runs only those.
 #
 # The machine has torch, transformers, opencv and numpy but not diffusers, av or pydantic, and no network:
 # carry wheels for its Python (3.12) in .whl/ (ignored by git), made here with
@@ -30,19 +30,21 @@ export PYTHONPATH=/tmp/site:$PWD
 torch.version.cuda, 'diffusers', diffusers.__version__, 'av', av.__version__, 'transformers', transformers.__version__)"
 } 2>&1 | tee "$OUT/gpu.txt"
 
+STAGES=${STAGES:-smoke bench file memory nvdec}
 stage() {
     local name=$1 limit=$2
     shift 2
+    case " $STAGES " in *" $name "*) ;; *) return ;; esac
     echo "== $name (limit ${limit} s, starting at $(( $(date +%s) - T0 )) s)"
     timeout -k 5 "$limit" "$@" >"$OUT/$name.txt" 2>&1
     echo "exit status $?" >>"$OUT/$name.txt"
     grep -v -e Warning -e warn -e "^ *warnings\." "$OUT/$name.txt" | tail -n 28
 }
 
-stage smoke 60 python3 benchmarks/gpu_smoke.py
+stage smoke 90 python3 benchmarks/gpu_smoke.py
 stage bench 280 python3 -m streamer bench --device cuda --batch 1,16,8,4 --steps 1,2 --vae taesd \
     --iterations 20 --json "$OUT/bench.json"
-stage file 85 python3 benchmarks/bench_file.py --preset sd15-random --device cuda --size 512x512 --batch 16 \
+stage file 120 python3 benchmarks/bench_file.py --preset sd15-random --device cuda --size 512x512 --batch 16 \
     --smoothing off --repeat 2 --seconds 20
 stage memory 95 python3 benchmarks/bench_memory.py --preset sd15-random --device cuda --batch 16 \
     --frames 10000 --every 1000

@@ -48,12 +48,12 @@ def main() -> int:
         return 1
     print(f"{torch.cuda.get_device_name() if device == 'cuda' else 'CPU'} torch {torch.__version__}", flush=True)
     eager = load_pipeline("tiny", device=device, compile="off", smoothing={"enabled": False})
-    graphed = load_pipeline("tiny", device=device, compile="on", compile_batch_sizes=[1, 4],
+    graphed = load_pipeline("tiny", device=device, compile="on", compile_batch_sizes=[4],
                             smoothing={"enabled": False})
 
     def compiled_matches_eager() -> str:
         worst = 0.0
-        for n in (1, 3, 4, 6):  # 3 pads to 4; 6 is above the largest size and runs eagerly
+        for n in (1, 3, 4, 6):  # 1 and 3 pad to 4; 6 is above the largest size and runs eagerly
             ids = [f"s{i}" for i in range(n)]
             for _ in range(3):
                 b = graphed(frames(n, seed=n), ids, output_type="float")
@@ -104,7 +104,7 @@ def main() -> int:
             assert summary.frames == 90, summary.frames
             return summary.report()
 
-    check("compiled step matches eager (batch 1, 3 padded, 4, 6 eager)", compiled_matches_eager)
+    check("compiled step matches eager (batch 1 and 3 padded, 4, 6 eager)", compiled_matches_eager)
     check("GPU worker thread records and replays its own CUDA graphs", worker_thread_replays_graphs)
     check("pinned asynchronous transfers keep batch order", transfers_keep_order)
     check("file job with the compiled step", file_job_compiled)

@@ -104,6 +104,10 @@ def _bucket(batch: int, sizes: list[int]) -> int | None:
     return next((size for size in sizes if size >= batch), None)
 
 
+def _canonical(value: Any) -> Any:
+    return value.contiguous() if isinstance(value, torch.Tensor) else value
+
+
 def _pad(value: Any, batch: int, size: int) -> Any:
     """Repeat the last row of every batch-sized tensor up to ``size`` rows (other values pass through)."""
     if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == batch and size > batch:
@@ -145,7 +149,10 @@ class CompiledCall:
         size = _bucket(batch, self.sizes)
         if self.failed or self.compiled is None or size is None:
             return self.eager(*args)
-        padded = [_pad(a, batch, size) for a in args]
+        # Compiled code is specialised to its inputs' memory layout too: the same batch reaches here
+        # channels-last from a frame at the working size, contiguous after a resize or padding. One layout
+        # keeps it to one compile per size (a mismatch would recompile on air).
+        padded = [_canonical(_pad(a, batch, size)) for a in args]
         try:
             if self.cuda:
                 ensure_cuda_graph_tls()

@@ -30,11 +30,20 @@ def test_compiled_step_matches_eager_and_pads_to_compiled_sizes():
     compiled = load_pipeline("tiny", device="cpu", smoothing={"enabled": False}, compile="on",
                              compile_batch_sizes=[2])
     assert compiled.unet_forward.compiled_calls > 0  # warmed up at load: batch 2 compiled
+    from torch._dynamo.utils import counters
+
+    compiled_before = counters["frames"]["ok"]
     for n in (1, 2, 3):  # 1 is padded to 2; 3 is above the largest compiled size and runs eagerly
         ids = [f"s{i}" for i in range(n)]
         a = eager(frames(n), ids, output_type="float")
         b = compiled(frames(n), ids, output_type="float")
         assert np.abs(a - b).max() < 1e-4, n
+    # A frame that is not at the working size is resized first, which changes its tensors' memory layout:
+    # it must still run the code compiled at start-up, not compile again.
+    resized = np.random.default_rng(0).integers(0, 256, (2, 80, 96, 3), dtype=np.uint8)
+    assert np.abs(eager(resized, ["a", "b"], output_type="float")
+                  - compiled(resized, ["a", "b"], output_type="float")).max() < 1e-4
+    assert counters["frames"]["ok"] == compiled_before, "recompiled after start-up"
     assert not compiled.unet_forward.failed and not compiled.vae_decode.failed
 
 
