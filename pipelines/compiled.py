@@ -226,7 +226,7 @@ def warm_up(pipe: Any, sizes: list[int], progress: Callable[[str], None] | None 
 
 def prepare_thread(pipe: Any) -> None:
     """Before a new thread's first frame, on CUDA: make the graph trees' thread state and run every
-    compiled size once more (the compiled code is shared between threads: replays, not a compile)."""
+    compiled size there (the compiled code is shared between threads: replays, not a compile)."""
     sizes = getattr(pipe, "compiled_sizes", None)
     if not sizes or pipe.device.type != "cuda" or threading.get_ident() in pipe.warmed_threads:
         return
