@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +21,8 @@ from pipelines.compiled import enable_compile, should_compile, speed_up_modules,
 from pipelines.config import PipelineConfig
 from pipelines.lcm_img2img import StreamPipeline
 from pipelines.loading import ModelComponents, resolve_device, resolve_dtype
-from pipelines.random_models import random_components
+from pipelines.random_models import is_sdxl, random_components
+from pipelines.schedules import img2img_inference_steps
 
 
 @dataclass
@@ -57,15 +59,14 @@ def time_call(fn: Callable[[], object], device: torch.device, *, warmup: int, it
 
 
 def unet_flops_per_frame(unet: torch.nn.Module, sample: torch.Tensor, timestep: torch.Tensor,
-                         encoder_hidden_states: torch.Tensor, timestep_cond: torch.Tensor | None) -> float:
+                         encoder_hidden_states: torch.Tensor, **conditioning: Any) -> float:
     """FLOPs of one batch-1 UNet forward, counted by torch's FlopCounterMode (matmuls, convolutions,
     attention)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, timestep_cond=timestep_cond,
-             return_dict=False)
+        unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False, **conditioning)
     return float(counter.get_total_flops())
 
 
@@ -128,8 +129,16 @@ def run_bench(*, size: str, device_name: str, dtype_name: str, resolution: int, 
     """diffusers' pipeline at batch 1 with both VAEs, then the project's frame step (eager, and compiled
     where ``compile_setting`` says) with each of ``vaes`` at every batch size and step count. Compiled batch
     sizes are compiled one at a time in the order given, each just before its rows, so a run cut short
-    still has the rows of the sizes it reached (``checkpoint`` is called after every row)."""
-    from diffusers import LatentConsistencyModelImg2ImgPipeline
+    still has the rows of the sizes it reached (``checkpoint`` is called after every row).
+
+    SD sizes: an LCM checkpoint's UNet (guidance embedding, w = 8) against
+    ``LatentConsistencyModelImg2ImgPipeline``. SDXL sizes: LCM-LoRA style (LCMScheduler, img2img timesteps,
+    guidance 1) against ``StableDiffusionXLImg2ImgPipeline``."""
+    sdxl = is_sdxl(size)
+    if sdxl:
+        from diffusers import StableDiffusionXLImg2ImgPipeline as Reference
+    else:
+        from diffusers import LatentConsistencyModelImg2ImgPipeline as Reference
 
     device = resolve_device(device_name)
     dtype = resolve_dtype(dtype_name, device)
@@ -137,23 +146,36 @@ def run_bench(*, size: str, device_name: str, dtype_name: str, resolution: int, 
     parts = random_components(size, dtype=dtype)
     taesd = parts.pop("taesd").to(device)
     full_vae = parts["vae"]
-    reference = LatentConsistencyModelImg2ImgPipeline(**parts).to(device)
+    reference = Reference(**parts).to(device)
     reference.set_progress_bar_config(disable=True)
     log(f"{size} components built and moved to {device} in {time.perf_counter() - started:.1f} s")
     prompt = "an oil painting of a city at night"
-    embeds, _ = reference.encode_prompt(prompt, device, 1, False)
+    latent = resolution // 8
+    sample = torch.zeros((1, 4, latent, latent), device=device, dtype=dtype)
+    if sdxl:
+        guidance_scale, family = 1.0, "lcm-lora"
+        embeds, _, pooled, _ = reference.encode_prompt(prompt=prompt, device=device, num_images_per_prompt=1,
+                                                       do_classifier_free_guidance=False)
+        prompt_kwargs = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+        time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], device=device,
+                                dtype=dtype)
+        conditioning = {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
+    else:
+        guidance_scale, family = 8.0, "lcm"
+        embeds, _ = reference.encode_prompt(prompt, device, 1, False)
+        prompt_kwargs = {"prompt_embeds": embeds}
+        w = torch.tensor([guidance_scale - 1.0])
+        dim = reference.unet.config.time_cond_proj_dim
+        conditioning = {"timestep_cond": reference.get_guidance_scale_embedding(w, embedding_dim=dim).to(
+            device, dtype)}
     result = {"machine": _machine(device), "model_size": size, "resolution": resolution,
               "dtype": str(dtype).removeprefix("torch."), "strength": strength, "iterations": iterations,
               "rows": []}
     measure = _Measure(device, warmup, iterations, log, result, checkpoint)
     rng = np.random.default_rng(0)
 
-    latent = resolution // 8
-    w = torch.tensor([8.0 - 1.0])
-    guidance = reference.get_guidance_scale_embedding(w, embedding_dim=reference.unet.config.time_cond_proj_dim)
-    measure.unet_flops = unet_flops_per_frame(
-        reference.unet, torch.zeros((1, 4, latent, latent), device=device, dtype=dtype),
-        torch.tensor([499.0], device=device), embeds, guidance.to(device, dtype))
+    measure.unet_flops = unet_flops_per_frame(reference.unet, sample, torch.tensor([499.0], device=device),
+                                              embeds, **conditioning)
     result["unet_gflop_per_frame"] = round(measure.unet_flops / 1e9, 2)
     log(f"UNet: {measure.unet_flops / 1e9:.1f} GFLOP per frame and step")
 
@@ -165,13 +187,16 @@ def run_bench(*, size: str, device_name: str, dtype_name: str, resolution: int, 
             image = rng.random((1, resolution, resolution, 3), dtype=np.float32)
             generator = torch.Generator("cpu").manual_seed(0)
 
-            def call_reference(steps: int = steps, image: np.ndarray = image,
-                               generator: torch.Generator = generator) -> object:
-                return reference(prompt_embeds=embeds, image=image, num_inference_steps=steps,
-                                 strength=strength, guidance_scale=8.0, output_type="np", generator=generator)
+            # diffusers' SDXL img2img runs int(N * strength) of N steps: ask for the N that runs ``steps``.
+            scheduled = img2img_inference_steps(steps, strength) if sdxl else steps
 
-            baselines[vae_name, steps] = measure.row("diffusers LatentConsistencyModelImg2ImgPipeline", vae_name,
-                                                     1, steps, call_reference)
+            def call_reference(scheduled: int = scheduled, image: np.ndarray = image,
+                               generator: torch.Generator = generator) -> object:
+                return reference(**prompt_kwargs, image=image, num_inference_steps=scheduled, strength=strength,
+                                 guidance_scale=guidance_scale, output_type="np", generator=generator)
+
+            baselines[vae_name, steps] = measure.row(f"diffusers {Reference.__name__}", vae_name, 1, steps,
+                                                     call_reference)
 
     applied = speed_up_modules(reference.unet, full_vae, device, fuse_qkv=fuse_qkv, channels_last=channels_last)
     if applied and should_compile(channels_last, device):
@@ -179,12 +204,13 @@ def run_bench(*, size: str, device_name: str, dtype_name: str, resolution: int, 
     result["layout"] = applied
     if applied:
         log(f"frame step modules: {', '.join(applied)}")
+    # The components are given below; the config's family only has to be one that needs no model_id.
     config = PipelineConfig(family="tiny", width=resolution, height=resolution, strength=strength,
-                            guidance_scale=8.0, prompt=prompt, device=str(device), dtype=dtype_name,
+                            guidance_scale=guidance_scale, prompt=prompt, device=str(device), dtype=dtype_name,
                             smoothing={"enabled": False})
     for vae_name in vaes:
         vae = taesd if vae_name == "taesd" else full_vae
-        components = ModelComponents(reference.unet, vae, reference.scheduler, reference, "lcm", False, device,
+        components = ModelComponents(reference.unet, vae, reference.scheduler, reference, family, sdxl, device,
                                      dtype)
         ours = StreamPipeline(components, config)
         kinds = ["eager", "compiled"] if should_compile(compile_setting, device) else ["eager"]

@@ -35,3 +35,30 @@ def test_bench_bad_output_folder(tmp_path):
                            str(tmp_path / "missing" / "b.json")], capture_output=True, text=True, timeout=240)
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_quick_bench_sdxl_path(tmp_path):
+    """SDXL sizes: two text encoders, pooled embeddings, size conditioning, against diffusers' SDXL img2img."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "streamer", "bench", "--device", "cpu", "--quick",
+                           "--size", "tiny-sdxl", "--batch", "2", "--steps", "1", "--vae", "taesd",
+                           "--iterations", "1", "--json", str(out)], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["resolution"] == 64 and result["unet_gflop_per_frame"] > 0
+    names = [(r["name"], r["vae"], r["batch"]) for r in result["rows"]]
+    assert names == [("diffusers StableDiffusionXLImg2ImgPipeline", "full", 1),
+                     ("diffusers StableDiffusionXLImg2ImgPipeline", "taesd", 1),
+                     ("streamer frame step (eager)", "taesd", 2)]
+
+
+def test_random_architectures_match_the_real_models():
+    """Built without weights (meta device): the parameter counts of SD 1.5's and SDXL base's UNets."""
+    from pipelines.random_models import random_components
+
+    sd15 = random_components("sd15", init_device="meta")
+    sdxl = random_components("sdxl", init_device="meta")
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert count(sd15["unet"]) == 859_602_884  # SD 1.5's 859.5 M plus LCM's guidance embedding
+    assert count(sdxl["unet"]) == 2_567_463_684
+    assert sdxl["text_encoder_2"].config.hidden_size == 1280 and sdxl["text_encoder_2"].config.num_hidden_layers == 32

@@ -25,8 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"])
     parser.add_argument("--quick", action="store_true",
                         help="tiny components at 64x64: a few seconds on a CPU, checks the harness, not speed")
-    parser.add_argument("--size", choices=["tiny", "sd15"], default=None, help="model size (default sd15)")
-    parser.add_argument("--resolution", type=int, default=None, help="square frame size (default 512; 64 quick)")
+    parser.add_argument("--size", choices=["tiny", "sd15", "tiny-sdxl", "sdxl"], default=None,
+                        help="model architecture (default sd15; sdxl is SDXL base's 2.6 B UNet, tiny-sdxl checks "
+                             "that path in seconds)")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="square frame size (default 512; 1024 for sdxl; 64 for the tiny sizes)")
     parser.add_argument("--batch", type=_ints, default=None, help="batch sizes of the frame step, e.g. 1,4,8,16")
     parser.add_argument("--steps", type=_ints, default=[1, 2], help="denoising steps to time (default 1,2)")
     parser.add_argument("--vae", choices=["taesd", "full", "both"], default="both",
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
         load_pipeline(args.preset, device=args.device)
     size = args.size or ("tiny" if args.quick else "sd15")
-    resolution = args.resolution or (64 if size == "tiny" else 512)
+    resolution = args.resolution or {"sd15": 512, "sdxl": 1024}.get(size, 64)
     if resolution % 8:
         raise ValueError(f"--resolution must be a multiple of 8, got {resolution}")
     if args.json is not None and not args.json.parent.exists():
