@@ -273,4 +273,4 @@ def print_table(result: dict, stream=sys.stdout) -> None:
         tflops = "" if r.get("unet_tflops") is None else f"{r['unet_tflops']:.3g}"
         peak = "" if r.get("peak_memory_mb") is None else f"{r['peak_memory_mb']:.0f}"
         print(f"{r['name']:<48} {r['vae']:<6} {r['batch']:>5} {r['steps']:>5} {r['ms_per_frame']:>10.2f} "
-              f"{r['fps']:>8.2f} {ratio:>12} {tflops:>12} {peak:>8}", file=stream)
+              f"{r['fps']:>8.2f} {ratio:>12} {tflops:>12} {peak:>8}".rstrip(), file=stream)
