@@ -343,7 +343,8 @@ def _submit(pipeline: FramePipeline, items: list[Any], stream_id: str) -> Any:
 
 def _collect(submitted: Any, items: list[Any]) -> list[Any]:
     handle, shape = submitted
-    result = handle if isinstance(handle, np.ndarray) else handle.result()
+    # ``submit`` hands back something with ``result()``; a plain pipeline call, the frames themselves.
+    result = handle.result() if hasattr(handle, "result") else handle
     if not isinstance(result, np.ndarray) or result.shape != shape or result.dtype != np.uint8:
         found = getattr(result, "shape", type(result).__name__)
         raise ValueError(f"the pipeline returned {found} for frames of shape {shape}; "
