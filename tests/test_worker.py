@@ -84,7 +84,7 @@ def test_after_close_submissions_and_calls_fail_at_once():
 
 
 def test_the_worker_prepares_its_own_thread_before_the_first_frame():
-    """A compiled pipeline records its CUDA graphs on the thread that runs frames (pipelines/compiled.py)."""
+    """A compiled pipeline gets ready on the thread that runs frames, before the first (pipelines/compiled.py)."""
     seen: list[str] = []
 
     class Prepared(PassthroughPipeline):
