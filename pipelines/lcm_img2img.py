@@ -79,8 +79,9 @@ class StreamPipeline:
         self.vae = components.vae
         self.scheduler = components.scheduler
         self.prediction_type = self.scheduler.config.prediction_type
+        # LCM-LoRA and Turbo run diffusers' img2img pipelines: their timestep rule, and their CFG.
         self.img2img_semantics = components.family in ("lcm-lora", "turbo")
-        self.uses_cfg = components.family in ("lcm-lora", "turbo")
+        self.uses_cfg = self.img2img_semantics
         self.scaling_factor = float(getattr(self.vae.config, "scaling_factor", 1.0))
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1) if hasattr(
             self.vae.config, "block_out_channels") else 8
@@ -195,9 +196,10 @@ class StreamPipeline:
             # Drawn in the order diffusers' pipelines draw them from a generator with this seed: the
             # initial noise, then LCM's noise between steps. The same every frame: fixed per-stream noise.
             gen = torch.Generator("cpu").manual_seed(state.seed)
+            # Kept in float32, the precision the step's arithmetic runs in (drawn in the model's dtype).
             state.noise = torch.cat([
                 torch.randn((1, self.latent_channels, h, w), generator=gen, dtype=self.dtype)
-                for _ in state.schedule]).to(self.device)
+                for _ in state.schedule]).to(self.device, torch.float32)
             state.step_table = torch.tensor(
                 [[p.timestep, p.alpha, p.sigma, p.c_out, p.c_skip, p.next_alpha, p.next_sigma]
                  for p in state.schedule], dtype=torch.float32).to(self.device)
@@ -252,13 +254,18 @@ class StreamPipeline:
         n, height, width = frames.shape[:3]
         with torch.no_grad():
             pixels = self.uploads.upload(frames)
-            images = pixels.permute(0, 3, 1, 2).to(self.dtype) / 127.5 - 1.0
+            images = pixels.permute(0, 3, 1, 2).float() / 127.5 - 1.0
             if (height, width) != (self.config.height, self.config.width):
-                images = F.interpolate(images.float(), size=(self.config.height, self.config.width),
-                                       mode="bilinear", antialias=True, align_corners=False).to(self.dtype)
-            out = torch.empty_like(images)
-            for rounds in self._rounds(ids, states):
-                out[rounds] = self.step(images[rounds], [states[i] for i in rounds])
+                images = F.interpolate(images, size=(self.config.height, self.config.width), mode="bilinear",
+                                       antialias=True, align_corners=False)
+            images = images.to(self.dtype)
+            rounds = self._rounds(ids, states)
+            if len(rounds) == 1:  # the usual case: one model call for the whole batch, in order
+                out = self.step(images, states)
+            else:
+                out = torch.empty_like(images)
+                for members in rounds:
+                    out[members] = self.step(images[members], [states[i] for i in members])
             if (height, width) != (self.config.height, self.config.width):
                 out = F.interpolate(out.float(), size=(height, width), mode="bilinear", antialias=True,
                                     align_corners=False)
@@ -289,10 +296,12 @@ class StreamPipeline:
         smoothers = [self._smoother(s) for s in states]
         skip = [sm is not None and sm.check_input(images[i]) for i, sm in enumerate(smoothers)]
         run = [i for i in range(len(states)) if not skip[i]]
-        out = torch.empty_like(images)
+        everyone = len(run) == len(states)
+        # Indexing with a list copies the index to the GPU and waits: only when some frames are skipped.
+        out = None if everyone else torch.empty_like(images)
         if run:
-            latents = self.encode(images[run])
-            run_states = [states[i] for i in run]
+            latents = self.vae_encode(images if everyone else images[run])
+            run_states = states if everyone else [states[i] for i in run]
             for s in run_states:
                 self._advance_prompt_blend(s)
             for j, i in enumerate(run):
@@ -302,11 +311,13 @@ class StreamPipeline:
             for j, i in enumerate(run):
                 if smoothers[i] is not None:
                     denoised[j] = smoothers[i].blend_output(denoised[j])
-            decoded = self.decode(denoised)
+            decoded = self.vae_decode(denoised)
             for j, i in enumerate(run):
-                out[i] = decoded[j]
                 if smoothers[i] is not None:
                     smoothers[i].remember_output(decoded[j])
+            if everyone:
+                return decoded
+            out[run] = decoded
         for i in range(len(states)):
             if skip[i]:
                 out[i] = smoothers[i].previous_output()
@@ -341,12 +352,6 @@ class StreamPipeline:
         return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states,
                          timestep_cond=timestep_cond, added_cond_kwargs=added, return_dict=False)[0]
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return self.vae_encode(images)
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae_decode(latents)
-
     @staticmethod
     def _columns(rows: torch.Tensor) -> list[torch.Tensor]:
         """(B, n) per-frame numbers -> n tensors of shape (B, 1, 1, 1) that broadcast over latents."""
@@ -356,35 +361,47 @@ class StreamPipeline:
         """Noise each frame at its stream's first timestep, then run every stream's steps, batched."""
         _, alpha0, sigma0, *_ = self._columns(torch.stack([s.step_table[0] for s in states]))
         noise0 = torch.stack([s.noise[0] for s in states])
-        x = alpha0 * latents.float() + sigma0 * noise0.float()
-        result = torch.empty_like(x)
+        x = alpha0 * latents.float() + sigma0 * noise0
         renoise = states[0].schedule[0].renoise  # LCM re-noises between steps; Euler does not
+        # Frames whose streams run fewer steps leave the batch early; while every frame is still in it (the
+        # usual case: all streams at the same step count) the whole batch moves on without indexing.
+        result: torch.Tensor | None = None
         active = list(range(len(states)))
         k = 0
-        while active:
-            sub = [states[i] for i in active]
+        while True:
+            whole = len(active) == len(states)
+            sub = states if whole else [states[i] for i in active]
             rows = torch.stack([s.step_table[k] for s in sub])
-            xs = x[active]
+            xs = x if whole else x[active]
             model_out = self._unet(xs, rows[:, 0], sub)
             _, alpha, sigma, c_out, c_skip, next_alpha, next_sigma = self._columns(rows)
             x0 = predict_original(self.prediction_type, xs, model_out.float(), alpha, sigma)
             denoised = c_out * x0 + c_skip * xs
-            if renoise:  # LCM: re-noise the denoised sample with the stream's next fixed noise
-                fresh = torch.stack([s.noise[min(k + 1, len(s.schedule) - 1)] for s in sub]).float()
-                x_next = next_alpha * denoised + next_sigma * fresh
-            else:  # Euler: deterministic move along the predicted noise
-                eps = (xs - alpha * x0) / sigma
-                x_next = next_alpha * x0 + next_sigma * eps
+            last = [k + 1 >= len(s.schedule) for s in sub]
+            if whole and all(last):
+                return denoised.to(self.dtype)
+            if not all(last):
+                if renoise:  # LCM: re-noise the denoised sample with the stream's next fixed noise
+                    fresh = torch.stack([s.noise[min(k + 1, len(s.schedule) - 1)] for s in sub])
+                    x_next = next_alpha * denoised + next_sigma * fresh
+                else:  # Euler: deterministic move along the predicted noise
+                    eps = (xs - alpha * x0) / sigma
+                    x_next = next_alpha * x0 + next_sigma * eps
+            k += 1
+            if whole and not any(last):
+                x = x_next
+                continue
+            result = torch.empty_like(x) if result is None else result
             still = []
             for j, i in enumerate(active):
-                if k + 1 >= len(states[i].schedule):
+                if last[j]:
                     result[i] = denoised[j]
                 else:
                     x[i] = x_next[j]
                     still.append(i)
             active = still
-            k += 1
-        return result.to(self.dtype)
+            if not active:
+                return result.to(self.dtype)
 
     def _unet(self, x: torch.Tensor, t: torch.Tensor, states: list[StreamState]) -> torch.Tensor:
         embeds = [s.embeds for s in states]

@@ -40,7 +40,6 @@ class StreamSmoother:
         self._previous_output: torch.Tensor | None = None
         self._skips_in_row = 0
         self.scene_cuts = 0
-        self.last_change = 0.0
 
     # -- per frame ------------------------------------------------------------------------------------
 
@@ -58,7 +57,6 @@ class StreamSmoother:
             return False
         change = (small - reference).abs().mean(0) * 0.5  # [-1, 1] -> 0-1 scale
         mean_change = float(change.mean())
-        self.last_change = mean_change
         if mean_change > self.config.scene_cut_threshold:
             cuts = self.scene_cuts
             self.reset()

@@ -58,7 +58,7 @@ def tiny_text_encoder(vocab_size: int, cls: type = CLIPTextModel) -> CLIPTextMod
     ))
 
 
-def tiny_unet(guidance_embedding: bool, prediction_type_v: bool = False) -> UNet2DConditionModel:
+def tiny_unet(guidance_embedding: bool) -> UNet2DConditionModel:
     return UNet2DConditionModel(
         block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
