@@ -28,6 +28,7 @@ import numpy as np
 from pipelines.frames import FramePipeline
 from streamer.frames import Frame
 from streamer.sinks.av_sink import AvSink
+from streamer.sources.av_source import describe_error, stream_fps
 from streamer.sources.base import SourceError
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ def stylize_file(
             raise SourceError(f"{in_path}: the video stream has no picture size; the file may be damaged")
         summary.width, summary.height = width, height
         summary.expected_frames = _expected_frames(source, video)
-        fps = float(video.average_rate or video.guessed_rate or 30)
+        fps = stream_fps(video) or 30.0
         sink = AvSink(str(out_path), codec=codec, crf=crf, options=encoder_options)
         sink.open(width, height, fps, time_base=video.time_base, audio_from=audio_streams)
         try:
@@ -156,8 +157,7 @@ def _open_input(path: Path) -> av.container.InputContainer:
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, av.error.FFmpegError | OSError) and exc.strerror else str(exc)
-        raise SourceError(f"cannot read {path}: not a video file FFmpeg understands ({reason})") from None
+        raise SourceError(f"cannot read {path}: not a video file FFmpeg understands ({describe_error(exc)})") from None
     if not container.streams.video:
         kinds = ", ".join(f"{s.type} {s.codec_context.name}" for s in container.streams) or "none"
         container.close()
@@ -234,35 +234,31 @@ def _decode(container: av.container.InputContainer, video: av.VideoStream, summa
     streams = [video, *container.streams.audio]
     width, height, tb = summary.width, summary.height, video.time_base
     index = 0
-    last_pts: int | None = None
     busy = 0.0
-    for packet in _demux_tolerant(container, streams, summary):
-        tick = time.perf_counter()
-        if packet.stream.index in audio_indexes:
-            items: list[Any] = [packet] if packet.dts is not None else []
-        else:
-            items = []
-            try:
-                decoded = packet.decode()
-            except av.error.FFmpegError:
-                summary.damaged_packets += 1
-                decoded = []
-            for frame in decoded:
-                pts = frame.pts
-                if pts is None:  # raw streams may lack pts: continue the clock at the nominal rate
-                    step = round(1 / (float(video.average_rate or 30) * tb)) if tb else 1
-                    pts = 0 if last_pts is None else last_pts + max(1, step)
-                last_pts = pts
-                image = frame.to_ndarray(format="rgb24", width=width, height=height)
-                items.append(Frame(image, pts=pts, time_base=tb, index=index))
-                index += 1
-        busy += time.perf_counter() - tick
-        for item in items:
-            if not _put(out, item, stop):
-                summary.decode_seconds = busy
-                return
-    summary.decode_seconds = busy
-    _put(out, _END, stop)
+    try:
+        for packet in _demux_tolerant(container, streams, summary):
+            tick = time.perf_counter()
+            if packet.stream.index in audio_indexes:
+                items: list[Any] = [packet]  # the sink skips the demuxer's empty flush packets
+            else:
+                items = []
+                try:
+                    decoded = packet.decode()
+                except av.error.FFmpegError:
+                    summary.damaged_packets += 1
+                    decoded = []
+                for frame in decoded:
+                    image = frame.to_ndarray(format="rgb24", width=width, height=height)
+                    # A raw stream's frames may have no pts: the sink continues its clock at the file's rate.
+                    items.append(Frame(image, pts=frame.pts, time_base=tb, index=index))
+                    index += 1
+            busy += time.perf_counter() - tick
+            for item in items:
+                if not _put(out, item, stop):
+                    return
+        _put(out, _END, stop)
+    finally:
+        summary.decode_seconds = busy
 
 
 def _demux_tolerant(container: av.container.InputContainer, streams: list[Any],
@@ -350,7 +346,7 @@ def _collect(submitted: Any, items: list[Any]) -> list[Any]:
         raise ValueError(f"the pipeline returned {found} for frames of shape {shape}; "
                          "it must return uint8 frames of the same shape")
     frames = [item for item in items if isinstance(item, Frame)]
-    styled = iter(frame.with_image(image) for frame, image in zip(frames, result, strict=True))
+    styled = (frame.with_image(image) for frame, image in zip(frames, result, strict=True))
     return [next(styled) if isinstance(item, Frame) else item for item in items]
 
 
@@ -387,12 +383,13 @@ def _put(q: queue.Queue[Any], item: Any, stop: threading.Event,
 
 
 def _get(q: queue.Queue[Any], stop: threading.Event) -> Any:
-    while True:
+    """The next item, or None as soon as the job is stopping (what still waits is not stylized)."""
+    while not stop.is_set():
         try:
             return q.get(timeout=POLL_SECONDS)
         except queue.Empty:
-            if stop.is_set():
-                return None
+            continue
+    return None
 
 
 def _progress_bar(summary: FileJobSummary, *, enabled: bool) -> Any:
