@@ -42,3 +42,54 @@ class Frame:
     def with_image(self, image: np.ndarray) -> Frame:
         """The same frame (timing, stream, index) carrying new pixels."""
         return replace(self, image=image)
+
+
+def frame_step(fps: float, time_base: Fraction) -> int:
+    """One frame at ``fps``, counted in ``time_base`` units (at least one)."""
+    return max(1, round(1 / (fps * time_base)))
+
+
+class PtsClock:
+    """pts that only ever increase, counted in the first time base it is given.
+
+    A source's pts pass through (converted to that time base) until they step back (a reconnect, a looped
+    file, a restarted encoder); then the clock goes on one frame after the last pts it gave and keeps the
+    source's spacing from there. ``restart()`` does the same at the next pts even when it moves forward (a
+    new segment whose clock has nothing to do with the last). A missing pts gets the next one. ``fps``
+    fixes the length of a frame; without it, a frame is the spacing last seen.
+    """
+
+    def __init__(self, fps: float | None = None) -> None:
+        self.fps = fps
+        self.time_base: Fraction | None = None
+        self.last: int | None = None
+        self._offset = 0
+        self._spacing = 1
+        self._restart = False
+
+    def restart(self) -> None:
+        self._restart = self.last is not None
+
+    def map(self, pts: int | None, time_base: Fraction) -> int | None:
+        if self.time_base is None:
+            self.time_base = Fraction(time_base)
+        if pts is None:
+            return None if self.last is None else self._give(self.last + self._step())
+        scaled = pts if time_base == self.time_base else round(pts * Fraction(time_base) / self.time_base)
+        out = scaled + self._offset
+        if self.last is not None and (self._restart or out <= self.last):
+            out = self.last + self._step()
+            self._offset = out - scaled
+        self._restart = False
+        return self._give(out)
+
+    def _step(self) -> int:
+        assert self.time_base is not None
+        return frame_step(self.fps, self.time_base) if self.fps else self._spacing
+
+    def _give(self, out: int) -> int:
+        if self.last is not None:
+            self._spacing = out - self.last
+        self.last = out
+        return out
+

@@ -20,14 +20,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from fractions import Fraction
 from typing import Any
 
 import cv2
 import numpy as np
 
 from pipelines.errors import PipelineError
-from streamer.frames import Frame
+from streamer.frames import Frame, PtsClock
 from streamer.sinks.base import Sink, SinkError
 from streamer.sources.base import Source, SourceError, SourceTimeout
 from streamer.stats import RunStats
@@ -214,8 +213,7 @@ class Runtime:
         self._last_real_image: np.ndarray | None = None  # the last picture the model made (not a filler)
         self._card_cache: tuple[np.ndarray, np.ndarray] | None = None
         self._last_emit = 0.0
-        self._pts_offset = 0
-        self._time_base: Fraction | None = None
+        self._clock = PtsClock(self.fps)  # output pts: a reconnect may restart the source's clock
         self._pace_anchor: tuple[float, float] | None = None
 
     # --- control ------------------------------------------------------------------------------------
@@ -235,7 +233,7 @@ class Runtime:
             for writer in self.writers:
                 writer.finish(timeout=1)
             raise
-        self.fps = float(self.source.fps or self._fps_hint or 30.0)
+        self.fps = self._clock.fps = float(self.source.fps or self._fps_hint or 30.0)
         started = time.monotonic()
         self.stats.started = started
         capture = threading.Thread(target=self._capture, name="capture", daemon=True)
@@ -367,8 +365,7 @@ class Runtime:
         if since is None or last is None or time.monotonic() - self._last_emit < 1.0 / self.fps:
             return
         image = last.image if time.monotonic() - since < HOLD_LAST_S else self._card()
-        step = self._frame_step(last.time_base)
-        filler = replace(last, image=image, pts=None if last.pts is None else last.pts + step,
+        filler = replace(last, image=image, pts=self._clock.map(None, last.time_base),
                          capture_time=time.monotonic())
         self._emit(filler, repeated=True)
 
@@ -379,23 +376,12 @@ class Runtime:
             self._card_cache = (image, no_signal_card(image))
         return self._card_cache[1]
 
-    def _frame_step(self, time_base: Fraction) -> int:
-        return max(1, round(1 / (self.fps * time_base)))
-
     def _retime(self, frame: Frame) -> Frame:
         """Output pts only ever increase (a reconnect may restart the source's clock, fillers advance it)."""
         if frame.pts is None:
             return frame
-        if self._time_base is None:
-            self._time_base = frame.time_base
-        pts = frame.pts if frame.time_base == self._time_base else round(frame.pts * frame.time_base
-                                                                         / self._time_base)
-        out = pts + self._pts_offset
-        last = self._last_out.pts if self._last_out is not None else None
-        if last is not None and out <= last:
-            out = last + self._frame_step(self._time_base)
-            self._pts_offset = out - pts
-        return replace(frame, pts=out, time_base=self._time_base)
+        pts = self._clock.map(frame.pts, frame.time_base)
+        return replace(frame, pts=pts, time_base=self._clock.time_base)
 
     def _pace(self, frame: Frame) -> None:
         """Hold a frame until its pts comes due on the wall clock (re-anchored after a stall)."""

@@ -23,7 +23,7 @@ import av
 import av.error
 import numpy as np
 
-from streamer.frames import Frame
+from streamer.frames import Frame, frame_step
 from streamer.sinks.base import Sink, SinkError
 
 log = logging.getLogger(__name__)
@@ -367,7 +367,7 @@ class AvSink(Sink):
             jumped = not self._copy_pts and pts is not None and \
                 (pts - self._last_pts) * tb > capture_step * tb + MAX_PTS_JUMP_SECONDS
             if pts is None:
-                pts = self._last_pts + max(1, round(1 / (self._fps * tb)))
+                pts = self._last_pts + frame_step(self._fps, tb)
             elif pts <= self._last_pts or jumped:
                 pts = self._last_pts + capture_step
                 if frame.pts is not None and not self._copy_pts:

@@ -24,7 +24,7 @@ import av
 import av.error
 import numpy as np
 
-from streamer.frames import Frame
+from streamer.frames import Frame, PtsClock
 from streamer.sources.base import Source, SourceError, SourceTimeout
 
 log = logging.getLogger(__name__)
@@ -226,41 +226,6 @@ class ThreadedSource(Source):
 # PyAV decoding shared by live and file sources
 
 
-class Timeline:
-    """Keeps pts increasing across reconnects and loops; the first segment's pts pass through unchanged."""
-
-    def __init__(self) -> None:
-        self.time_base: Fraction | None = None
-        self._segment_base = Fraction(1, 90_000)
-        self._offset = 0
-        self._anchor_pending = False
-        self._last: int | None = None
-        self._step = 1
-
-    def new_segment(self, time_base: Fraction) -> None:
-        if self.time_base is None:
-            self.time_base = time_base
-        self._segment_base = time_base
-        self._anchor_pending = self._last is not None
-
-    def map(self, pts: int | None) -> int | None:
-        if pts is None:
-            return None if self._last is None else self._advance(self._last + self._step)
-        assert self.time_base is not None, "new_segment() first"
-        scaled = pts if self._segment_base == self.time_base else round(pts * self._segment_base / self.time_base)
-        if self._anchor_pending:
-            self._offset = self._last + self._step - scaled
-            self._anchor_pending = False
-        return self._advance(scaled + self._offset)
-
-    def _advance(self, out: int) -> int:
-        if self._last is not None:
-            out = max(out, self._last + 1)
-            self._step = out - self._last
-        self._last = out
-        return out
-
-
 def video_to_rgb(frame: av.VideoFrame, width: int | None, height: int | None) -> np.ndarray:
     if width or height:
         return frame.to_ndarray(format="rgb24", width=width or frame.width, height=height or frame.height)
@@ -311,7 +276,7 @@ class AvLiveSource(ThreadedSource):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.timeline = Timeline()
+        self.clock = PtsClock()  # pts keep increasing across reconnects and loops
         self.last_error: str | None = None
         # A stream silent this long counts as stalled; it also bounds how long close() can wait.
         self.read_timeout = min(2.0, self.timeout)
@@ -345,20 +310,21 @@ class AvLiveSource(ThreadedSource):
                     stream = first_video_stream(container, self.name)
                     stream.thread_type = self.thread_type
                     self._fps = self._fps or stream_fps(stream)
-                    self.timeline.new_segment(stream.time_base)
+                    self.clock.restart()
                     clock_pts = not self.pace and invents_timestamps(container)
                     for frame in decode_video(container, self._stop):
-                        pts = int(time.monotonic() * 1_000_000) if clock_pts else self.timeline.map(frame.pts)
+                        pts = int(time.monotonic() * 1_000_000) if clock_pts else \
+                            self.clock.map(frame.pts, stream.time_base)
                         if self.pace and pts is not None and self._wait_due(pts, pace_anchor):
                             return
                         if self.pace and pace_anchor is None and pts is not None:
-                            pace_anchor = (time.monotonic(), float(pts * self.timeline.time_base))
+                            pace_anchor = (time.monotonic(), float(pts * self.clock.time_base))
                         if not received_here and ever_received and self.on_end == "reconnect":
                             self.reconnects += 1
                             log.warning("%s: reconnected (%d so far)", self.name, self.reconnects)
                         received_here = ever_received = True
                         backoff = BACKOFF_FIRST_S
-                        self._publish(frame, pts, CLOCK_TIME_BASE if clock_pts else self.timeline.time_base)
+                        self._publish(frame, pts, CLOCK_TIME_BASE if clock_pts else self.clock.time_base)
                     reason = "stream ended"
                 except (av.error.FFmpegError, OSError) as exc:
                     reason = describe_error(exc, self.read_timeout)
@@ -385,7 +351,7 @@ class AvLiveSource(ThreadedSource):
     def _wait_due(self, pts: int, anchor: tuple[float, float] | None) -> bool:
         if anchor is None:
             return False
-        due = anchor[0] + float(pts * self.timeline.time_base) - anchor[1]
+        due = anchor[0] + float(pts * self.clock.time_base) - anchor[1]
         return self._sleep(max(0.0, due - time.monotonic()))
 
 
@@ -541,7 +507,8 @@ class FileSource(Source):
         self.loop = loop
         self.width, self.height = width, height
         self.stream_id = stream_id
-        self.timeline = Timeline()
+        self.clock = PtsClock()  # pts keep increasing when the file loops
+        self._time_base: Fraction | None = None
         self._frames: Iterator[av.VideoFrame] | None = None
         self._container: av.container.InputContainer | None = None
         self._fps: float | None = None
@@ -561,7 +528,8 @@ class FileSource(Source):
         stream = first_video_stream(container, self.path)
         stream.thread_type = "AUTO"
         self._fps = self._fps or stream_fps(stream)
-        self.timeline.new_segment(stream.time_base)
+        self.clock.restart()
+        self._time_base = stream.time_base
         self._container, self._frames = container, decode_video(container)
 
     def read(self, timeout: float | None = None) -> Frame | None:
@@ -584,8 +552,8 @@ class FileSource(Source):
             self._index += 1
             return Frame(
                 image=video_to_rgb(frame, self.width, self.height),
-                pts=self.timeline.map(frame.pts),
-                time_base=self.timeline.time_base or Fraction(1, 90_000),
+                pts=self.clock.map(frame.pts, self._time_base),
+                time_base=self.clock.time_base,
                 stream_id=self.stream_id,
                 index=self._index - 1,
             )
