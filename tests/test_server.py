@@ -450,3 +450,36 @@ def test_serve_over_https_with_a_certificate(tmp_path: Path) -> None:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=10)
+
+
+def test_dropped_frames_are_counted_as_they_drop_and_stay_counted():
+    """Counted when a newer frame replaces one nobody took (no reader needed), and the Prometheus counter
+    keeps them after the stream is gone (a counter that went down would read as a reset)."""
+    from aiortc import RTCConfiguration
+
+    from streamer.server.sessions import SessionManager, SourceFeed
+
+    async def scenario() -> None:
+        metrics = ServerMetrics()
+        manager = SessionManager(None, metrics, ice=RTCConfiguration())  # type: ignore[arg-type]
+        feed = SourceFeed(None, asyncio.get_running_loop())
+        manager.add_source(feed)
+        for i in range(3):
+            feed.slot.put(f"frame {i}", 0.0)
+        assert manager.broadcasts["source"].track.stats.dropped == 2
+        assert "streamer_frames_dropped_total 2\n" in metrics.render(manager.counts(), {})
+
+    asyncio.run(scenario())
+
+
+def test_the_page_gets_turn_credentials_and_stun_urls_alone():
+    """A browser's RTCPeerConnection throws on a turn: server without username and credential."""
+
+    async def scenario() -> None:
+        async with serving(InvertingPipeline(), ice_servers=["stun:127.0.0.1:3478", "turn:127.0.0.1:3478"],
+                           ice_username="u", ice_credential="p") as (base, _):
+            config = await get_json(f"{base}/config")
+        assert config["iceServers"] == [{"urls": "stun:127.0.0.1:3478"},
+                                        {"urls": "turn:127.0.0.1:3478", "username": "u", "credential": "p"}]
+
+    asyncio.run(scenario())

@@ -47,20 +47,15 @@ def run(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, token=args.token, insecure=args.insecure,
         max_sessions=args.max_sessions, max_viewers=args.max_viewers, idle_timeout=args.idle_timeout,
         ice_servers=args.ice_server, ice_username=args.ice_username, ice_credential=args.ice_credential,
-        ice_addresses=args.ice_address, cert=args.cert, key=args.key, source=args.source,
-        max_batch=args.max_batch,
+        ice_addresses=args.ice_address, cert=args.cert, key=args.key, max_batch=args.max_batch,
     )
-    if not 0 <= args.port <= 65535:
-        raise ValueError(f"--port must be 0-65535, got {args.port}")
-    if args.max_batch < 1:
-        raise ValueError(f"--max-batch must be at least 1, got {args.max_batch}")
     options.check()  # before loading a model: a bad flag should fail in a second, not after a download
 
     from pipelines.presets import load_pipeline
+    from streamer.control import initial_params
 
     config = pipeline_config_from_args(args)
-    options.defaults = {"prompt": config.prompt, "strength": config.strength, "seed": config.seed,
-                        "smoothing": config.smoothing.enabled}
+    options.defaults = initial_params(config)
     # One model call holds at most a frame per session (and one of the server-side source): compile for it.
     largest = min(args.max_batch, args.max_sessions + (1 if args.source else 0))
     if config.compile != "off" and max(config.compile_batch_sizes) < largest:

@@ -34,9 +34,6 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
 SHUTDOWN_TIMEOUT = 10.0
-MANAGER = web.AppKey("manager", SessionManager)
-METRICS = web.AppKey("metrics", ServerMetrics)
-OPTIONS = web.AppKey("options", object)
 
 
 @dataclass
@@ -55,11 +52,12 @@ class ServerOptions:
     ice_addresses: list[str] = field(default_factory=list)
     cert: Path | None = None
     key: Path | None = None
-    source: str | None = None
     max_batch: int = 8
     defaults: dict[str, Any] = field(default_factory=dict)  # the pipeline's prompt etc., shown by the page
 
     def check(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"--port must be 0-65535, got {self.port}")
         check_bind(self.host, self.token, self.insecure)
         if (self.cert is None) != (self.key is None):
             raise ValueError("HTTPS needs both --cert FILE and --key FILE")
@@ -113,16 +111,15 @@ def create_app(options: ServerOptions, worker: GpuWorker, metrics: ServerMetrics
         manager.add_source(source_feed)
     app = web.Application(middlewares=[token_middleware(options.token), errors_middleware],
                           client_max_size=options.max_body)
-    app[MANAGER] = manager
-    app[METRICS] = metrics
-    app[OPTIONS] = options
 
     async def page(request: web.Request) -> web.FileResponse:
         name = "watch.html" if request.path == "/watch" else "index.html"
         return web.FileResponse(STATIC / name, headers={"Cache-Control": "no-store"})
 
     async def config(request: web.Request) -> web.Response:
-        servers = [{"urls": url} for url in options.ice_servers]
+        # A turn: server without its credentials makes the browser's RTCPeerConnection throw.
+        turn = {"username": options.ice_username, "credential": options.ice_credential}
+        servers = [{"urls": url, **(turn if url.startswith("turn") else {})} for url in options.ice_servers]
         return web.json_response({"iceServers": servers, "streams": sorted(manager.broadcasts),
                                   "defaults": options.defaults})
 
@@ -146,15 +143,10 @@ def create_app(options: ServerOptions, worker: GpuWorker, metrics: ServerMetrics
         })
 
     async def session_stats(request: web.Request) -> web.Response:
-        session = manager.sessions.get(request.match_info["id"])
-        if session is None:
-            raise web.HTTPNotFound(text="no such session\n")
-        return web.json_response(session.stats.as_dict())
+        return web.json_response(manager.get(request.match_info["id"]).stats.as_dict())
 
     async def end_session(request: web.Request) -> web.Response:
-        if request.match_info["id"] not in manager.sessions:
-            raise web.HTTPNotFound(text="no such session\n")
-        await manager.close(request.match_info["id"])
+        await manager.close(manager.get(request.match_info["id"]).id)
         return web.Response(status=200)
 
     async def prometheus(request: web.Request) -> web.Response:

@@ -1,16 +1,15 @@
 """Server counters and their Prometheus text rendering (sessions, fps, latency, drops, batch sizes).
 
-Kept inside the server package so the server stands alone; everything is updated on the event loop
-except ``observe_batch``, which the GPU worker thread calls, hence the lock.
+Everything is updated on the event loop except ``observe_batch``, which the GPU worker thread calls,
+hence the lock. Latency windows and rates are streamer.stats' Series and Rate, as in `streamer run`.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 
-from streamer.stats import Rate
+from streamer.stats import WINDOW, Rate, Series
 
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16)
 BATCH_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -68,13 +67,10 @@ class ServerMetrics:
         self._lock = threading.Lock()
         self.batch_size = Histogram(BATCH_BUCKETS)
         self.batch_seconds = Histogram(BATCH_SECONDS_BUCKETS)
-        self.frames_out = 0
+        self.latency = Series()  # one sample per stylized frame sent
         self.frames_dropped = 0
         self.frame_errors = 0
         self.sessions_started = 0
-        self._latencies: deque[float] = deque(maxlen=1000)
-        self._latency_sum = 0.0
-        self._latency_count = 0
 
     def observe_batch(self, size: int, seconds: float) -> None:
         """GpuWorker.on_batch callback (runs on the worker thread)."""
@@ -83,10 +79,11 @@ class ServerMetrics:
             self.batch_seconds.observe(seconds)
 
     def frame_out(self, latency: float) -> None:
-        self.frames_out += 1
-        self._latencies.append(latency)
-        self._latency_sum += latency
-        self._latency_count += 1
+        self.latency.add(latency)
+
+    @property
+    def frames_out(self) -> int:
+        return self.latency.count
 
     def render(self, sessions_by_kind: dict[str, int], streams: dict[str, StreamStats]) -> str:
         lines = ["# HELP streamer_sessions Open WebRTC sessions by kind.", "# TYPE streamer_sessions gauge"]
@@ -99,21 +96,21 @@ class ServerMetrics:
                   f"streamer_frames_total {self.frames_out}",
                   "# HELP streamer_frames_dropped_total Input frames replaced by a newer one before the GPU took them.",
                   "# TYPE streamer_frames_dropped_total counter",
-                  f"streamer_frames_dropped_total {self.frames_dropped + sum(s.dropped for s in streams.values())}",
+                  f"streamer_frames_dropped_total {self.frames_dropped}",
                   "# HELP streamer_frame_errors_total Frames the pipeline failed on.",
                   "# TYPE streamer_frame_errors_total counter",
                   f"streamer_frame_errors_total {self.frame_errors}",
                   "# HELP streamer_fps Stylized frames per second, all streams together (last 2 s).",
                   "# TYPE streamer_fps gauge",
                   f"streamer_fps {sum(s.fps for s in streams.values()):.2f}"]
-        recent = sorted(self._latencies)
-        lines += ["# HELP streamer_latency_seconds Frame arrival to stylized frame ready (last 1000 frames).",
+        recent = sorted(self.latency.samples)
+        lines += [f"# HELP streamer_latency_seconds Frame arrival to stylized frame ready (last {WINDOW} frames).",
                   "# TYPE streamer_latency_seconds summary"]
         for q in LATENCY_QUANTILES:
             value = recent[min(len(recent) - 1, int(q * len(recent)))] if recent else float("nan")
             lines.append(f'streamer_latency_seconds{{quantile="{q}"}} {value:.6f}')
-        lines += [f"streamer_latency_seconds_sum {self._latency_sum:.6f}",
-                  f"streamer_latency_seconds_count {self._latency_count}"]
+        lines += [f"streamer_latency_seconds_sum {self.latency.total:.6f}",
+                  f"streamer_latency_seconds_count {self.latency.count}"]
         with self._lock:
             lines += self.batch_size.render("streamer_batch_size", "Frames per model call.")
             lines += self.batch_seconds.render("streamer_batch_seconds", "Seconds per model call.")

@@ -13,6 +13,7 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -70,17 +71,18 @@ def ice_configuration(urls: list[str], username: str | None = None,
 
 
 class LatestFrameSlot:
-    """Holds only the newest input frame; a frame replaced before anyone took it counts as dropped."""
+    """Holds only the newest input frame; a frame replaced before anyone took it is reported to ``on_drop``
+    at once (so counters stay right whether or not anyone is reading)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_drop: Callable[[], None] | None = None) -> None:
         self._item: tuple[Any, float] | None = None
         self._event = asyncio.Event()
+        self.on_drop = on_drop
         self.closed = False
-        self.dropped = 0
 
     def put(self, frame: Any, arrived: float) -> None:
-        if self._item is not None:
-            self.dropped += 1
+        if self._item is not None and self.on_drop is not None:
+            self.on_drop()
         self._item = (frame, arrived)
         self._event.set()
 
@@ -119,7 +121,6 @@ class StylizedTrack(MediaStreamTrack):
             if self.readyState != "live":
                 raise MediaStreamError
             item, arrived = await self.slot.get()
-            self.stats.dropped = self.slot.dropped
             # Pixel conversions run off the event loop: at several sessions they add up to real time.
             frame = await asyncio.to_thread(self._to_frame, item, arrived)
             try:
@@ -194,7 +195,6 @@ class Session:
     last_input: float | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
     broadcast_key: str | None = None  # whep: what it watches
-    closed: bool = False
 
     @property
     def stylizes(self) -> bool:
@@ -215,6 +215,23 @@ class SessionManager:
         self.relay = MediaRelay()
         self._watchdog: asyncio.Task | None = None
         self._source_feed: SourceFeed | None = None
+        self._background: set[asyncio.Task] = set()  # referenced until done, or the loop may drop them
+
+    def get(self, session_id: str, *, kinds: tuple[str, ...] | None = None) -> Session:
+        """The open session with this id (and one of ``kinds``), else NotFoundError (a 404 over HTTP)."""
+        session = self.sessions.get(session_id)
+        if session is None or (kinds is not None and session.kind not in kinds):
+            raise NotFoundError(f"no such session {session_id!r} (already ended?)")
+        return session
+
+    def _in_background(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _dropped(self, stats: StreamStats) -> None:
+        stats.dropped += 1
+        self.metrics.frames_dropped += 1
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -261,7 +278,7 @@ class SessionManager:
                 # Audio (OBS sends it) or a second video: read and drop, or aiortc queues it without bound.
                 session.tasks.append(asyncio.ensure_future(_drain(track)))
                 return
-            slot = LatestFrameSlot()
+            slot = LatestFrameSlot(on_drop=lambda: self._dropped(session.stats))
             session.tasks.append(asyncio.ensure_future(self._pump(session, track, slot)))
             stylized = StylizedTrack(slot, self.worker, session.stream_id, session.stats, self.metrics)
             tracks.append(stylized)
@@ -315,6 +332,7 @@ class SessionManager:
     def add_source(self, feed: SourceFeed) -> None:
         """A server-side source, stylized once and relayed to every viewer as stream ``source``."""
         stats = StreamStats()
+        feed.slot.on_drop = lambda: self._dropped(stats)
         track = StylizedTrack(feed.slot, self.worker, "source", stats, self.metrics)
         self.broadcasts["source"] = Broadcast("source", track)
         self._source_feed = feed
@@ -354,7 +372,7 @@ class SessionManager:
             for session in list(self.sessions.values()):
                 if session.stylizes and now - (session.last_input or session.created) > self.idle_timeout:
                     log.info("session %s: no frames for %.0f s, closing", session.id, self.idle_timeout)
-                    asyncio.ensure_future(self.close(session.id))
+                    self._in_background(self.close(session.id))
 
     def _serve_channel(self, session: Session, channel: Any) -> None:
         """Data channel: {"type": "params", ...} in -> {"type": "params", "ok": ...} out; stats each second."""
@@ -367,8 +385,8 @@ class SessionManager:
                     raise ValueError("messages must be JSON objects with \"type\": \"params\"")
                 applied = await self.apply_params(session.id, data)
                 reply = {"type": "params", "ok": True, "params": applied}
-            except (ValueError, TypeError) as exc:
-                reply = {"type": "params", "ok": False, "error": str(exc)}
+            except Exception as exc:  # noqa: BLE001 - every failure is the client's answer, not a lost reply
+                reply = {"type": "params", "ok": False, "error": str(exc) or type(exc).__name__}
             if channel.readyState == "open":
                 channel.send(json.dumps(reply))
 
@@ -381,9 +399,7 @@ class SessionManager:
         session.tasks.append(asyncio.ensure_future(push_stats()))
 
     async def apply_params(self, session_id: str, data: Any) -> dict[str, Any]:
-        session = self.sessions.get(session_id)
-        if session is None or not session.stylizes:
-            raise NotFoundError(f"no stylizing session {session_id!r}")
+        session = self.get(session_id, kinds=("browser", "whip"))
         params = live_params(data)
         future = self.worker.update(session.stream_id, **params)
         await asyncio.wait_for(asyncio.wrap_future(future), PARAMS_TIMEOUT)
@@ -391,15 +407,14 @@ class SessionManager:
 
     async def close(self, session_id: str) -> None:
         session = self.sessions.pop(session_id, None)
-        if session is None or session.closed:
+        if session is None:  # unknown, or already closed: close() pops it first
             return
-        session.closed = True
         for task in session.tasks:
             task.cancel()
         if session.kind == "whip":
             self.broadcasts.pop(session.id, None)
             for viewer in [s for s in self.sessions.values() if s.broadcast_key == session.id]:
-                asyncio.ensure_future(self.close(viewer.id))
+                self._in_background(self.close(viewer.id))
         try:
             await asyncio.wait_for(session.pc.close(), CLOSE_TIMEOUT)
         except (TimeoutError, Exception) as exc:  # noqa: BLE001 - closing must not fail the caller

@@ -34,10 +34,7 @@ def add_routes(app: web.Application, manager: SessionManager) -> None:
 
     def delete(kind: str):
         async def handler(request: web.Request) -> web.Response:
-            session = manager.sessions.get(request.match_info["id"])
-            if session is None or session.kind != kind:
-                raise web.HTTPNotFound(text="no such session (already ended?)\n")
-            await manager.close(session.id)
+            await manager.close(manager.get(request.match_info["id"], kinds=(kind,)).id)
             return web.Response(status=200)
         return handler
 
