@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from pipelines.presets import load_pipeline
+from streamer.config import parse_size
 
 
 def rss_mb() -> float:
@@ -31,9 +32,9 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--every", type=int, default=500, help="sample memory every this many frames")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--size", default="512x512", help="input frame size WxH (default 512x512)")
+    parser.add_argument("--size", type=parse_size, default=(512, 512), metavar="WxH", help="input frame size WxH (default 512x512)")
     args = parser.parse_args()
-    width, height = (int(v) for v in args.size.split("x"))
+    width, height = args.size
     pipe = load_pipeline(args.preset, device=args.device, compile_batch_sizes=[args.batch])
     cuda = torch.cuda.is_available() and str(getattr(pipe, "device", "cpu")).startswith("cuda")
     rng = np.random.default_rng(0)

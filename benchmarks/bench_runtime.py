@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.passthrough import PassthroughPipeline
+from streamer.config import parse_size
 from streamer.frames import Frame
 from streamer.runtime import Runtime
 from streamer.sinks.av_sink import AvSink
@@ -75,12 +76,12 @@ def slow_model(frames: int, width: int, height: int, fps: float, model_s: float)
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the passthrough run")
-    parser.add_argument("--size", default="640x360", help="testsrc size")
+    parser.add_argument("--size", type=parse_size, default=(640, 360), metavar="WxH", help="testsrc size")
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--slow-frames", type=int, default=300, help="source frames for the slow-model run")
     parser.add_argument("--model-ms", type=float, default=100.0)
     args = parser.parse_args()
-    width, height = (int(v) for v in args.size.split("x"))
+    width, height = args.size
     print(f"machine: {platform.machine()}, {platform.system()}, python {platform.python_version()}, "
           f"cpus {len(__import__('os').sched_getaffinity(0))}")
 

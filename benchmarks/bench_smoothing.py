@@ -15,6 +15,7 @@ import torch
 
 from pipelines.config import SmoothingConfig
 from pipelines.smoothing import StreamSmoother
+from streamer.config import parse_size
 
 
 def time_smoother(width: int, height: int, device: str, dtype: torch.dtype, frames: int,
@@ -55,13 +56,13 @@ def time_frame_step(preset: str, smoothing: bool, frames: int) -> tuple[float, i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="512x512", help="working size WxH for the smoother alone")
+    parser.add_argument("--size", type=parse_size, default=(512, 512), metavar="WxH", help="working size WxH for the smoother alone")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     parser.add_argument("--frames", type=int, default=50)
     parser.add_argument("--preset", default="analytic", help="pipeline whose frame step to compare with")
     args = parser.parse_args()
-    width, height = (int(v) for v in args.size.split("x"))
+    width, height = args.size
     dtype = getattr(torch, args.dtype)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     for mc in (False, True):

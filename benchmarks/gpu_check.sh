@@ -39,7 +39,7 @@ stage() {
     echo "== $name (limit ${limit} s, starting at $(( $(date +%s) - T0 )) s)"
     timeout -k 5 "$limit" "$@" >"$OUT/$name.txt" 2>&1
     echo "exit status $?" >>"$OUT/$name.txt"
-    grep -v -e Warning -e warn -e "^ *warnings\." "$OUT/$name.txt" | tail -n 28
+    grep -v -e Warning -e "^ *warnings\." "$OUT/$name.txt" | tail -n 28
 }
 
 stage smoke 75 python3 benchmarks/gpu_smoke.py

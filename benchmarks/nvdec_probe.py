@@ -21,6 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from media import make_clip  # noqa: E402
 
+from streamer.config import parse_size  # noqa: E402
+
 
 def decode(path: Path, decoder: str | None) -> tuple[list[int], float]:
     with av.open(str(path)) as container:
@@ -44,9 +46,9 @@ def decode(path: Path, decoder: str | None) -> tuple[list[int], float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--size", default="512x512")
+    parser.add_argument("--size", type=parse_size, default=(512, 512), metavar="WxH")
     args = parser.parse_args()
-    width, height = (int(v) for v in args.size.split("x"))
+    width, height = args.size
     with tempfile.TemporaryDirectory() as folder:
         clip = make_clip(Path(folder) / "in.mp4", seconds=args.seconds, size=(width, height))
         cpu_pts, cpu_seconds = decode(clip, None)

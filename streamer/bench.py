@@ -255,8 +255,6 @@ def _format(row: BenchRow) -> str:
 
 
 def write_json(result: dict, path: Path) -> None:
-    if path.parent and not path.parent.exists():
-        raise ValueError(f"cannot write {path}: folder {path.parent} does not exist")
     partial = path.with_name(path.name + ".partial")  # a run killed mid-write keeps the previous rows
     partial.write_text(json.dumps(result, indent=2) + "\n")
     partial.replace(path)

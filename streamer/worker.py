@@ -12,7 +12,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 class _Job:
     frame: Frame
     future: Future
-    submitted: float = field(default_factory=time.monotonic)
 
 
 class GpuWorker:

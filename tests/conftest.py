@@ -29,8 +29,9 @@ def _gi_missing_reason() -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A free TCP (or, with SOCK_DGRAM, UDP) port on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 

@@ -14,17 +14,12 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from conftest import free_port
 from media import pattern_frame, probe
 
 from streamer.frames import Frame
 from streamer.sinks.av_sink import AvSink
 from streamer.sinks.base import SinkError
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def frame(index: int, pts: int | None, *, size: tuple[int, int] = (160, 96), tb: Fraction = Fraction(1, 1000),
@@ -195,12 +190,12 @@ def test_srt_stream_arrives_or_says_srt_is_missing(tmp_path: Path) -> None:
 FFMPEG = shutil.which("ffmpeg")
 
 
-def open_when_listening(sink: AvSink, seconds: float = 10.0) -> None:
+def open_when_listening(sink: AvSink, seconds: float = 10.0, size: tuple[int, int] = (320, 180)) -> None:
     """Open a publishing sink once the listener subprocess has bound its port."""
     deadline = time.monotonic() + seconds
     while True:
         try:
-            sink.open(320, 180, 30)
+            sink.open(*size, 30)
             return
         except SinkError:
             if time.monotonic() > deadline:
@@ -271,15 +266,7 @@ def test_rtsp_receiver_that_stops_reading_does_not_block_forever(tmp_path: Path)
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sink = AvSink(f"rtsp://127.0.0.1:{port}/live")
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                sink.open(640, 360, 30)
-                break
-            except SinkError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        open_when_listening(sink, size=(640, 360))
         server.send_signal(signal.SIGSTOP)  # alive but not reading: TCP buffers fill, writes block
         started = time.monotonic()
         with pytest.raises(SinkError, match="stopped reading") as err:

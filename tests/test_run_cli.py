@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import av
 import pytest
+from conftest import free_port
 
 from streamer.sources.testsrc import read_marks
 
@@ -56,12 +56,6 @@ def file_indices(path: Path) -> list[int | None]:
     with av.open(str(path)) as container:
         return [(m[0] if (m := read_marks(f.to_ndarray(format="rgb24"))) else None)
                 for f in container.decode(video=0)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def http(method: str, url: str, body: dict | None = None) -> tuple[int, dict]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from conftest import free_port
 
 from streamer.sources import SourceError, SourceTimeout, open_source
 from streamer.sources.av_source import FileSource, NetworkSource, PipeSource, RealtimeFileSource
@@ -41,12 +42,6 @@ def make_clip(path: Path, frames: int = 30, fps: int = 30, size: tuple[int, int]
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_clip(tmp_path_factory.mktemp("media") / "clip.mp4")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------------------------------------

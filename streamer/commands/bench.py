@@ -44,17 +44,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
                         help="channels-last layout for the frame step's UNet and VAE (default auto: on CUDA)")
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON to this file")
-    # Accepted so a preset-driven invocation reports the preset's own loading errors.
-    parser.add_argument("--preset", default=None, help="load this preset first (checks it can load)")
+    # Accepted so a preset-driven invocation reports a bad preset name or setting in one line.
+    parser.add_argument("--preset", default=None, help="check this preset's settings first (nothing is loaded)")
 
 
 def run(args: argparse.Namespace) -> int:
     from streamer.bench import print_table, run_bench, write_json
 
     if args.preset:
-        from pipelines.presets import load_pipeline
+        from pipelines.presets import build_config
 
-        load_pipeline(args.preset, device=args.device)
+        build_config(args.preset, {"device": args.device})
     size = args.size or ("tiny" if args.quick else "sd15")
     resolution = args.resolution or {"sd15": 512, "sdxl": 1024}.get(size, 64)
     if resolution % 8:

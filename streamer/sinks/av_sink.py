@@ -201,8 +201,6 @@ class AvSink(Sink):
         self.pixel_format = pick_pixel_format(self.codec, self.width, self.height)
         if time_base is not None:
             self._time_base, self._copy_pts = Fraction(time_base), True
-        elif not self.is_network:
-            self._time_base = Fraction(1, 90_000)
         port = urlsplit(self.target).port if self.scheme in ("rtsp", "tcp") else None
         self._guard = StallGuard(port) if port else None
         try:

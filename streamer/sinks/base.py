@@ -12,7 +12,7 @@ class SinkError(RuntimeError):
 
 
 class Sink(ABC):
-    """open(width, height, fps) -> write(frame)... -> close(). Also a context manager via ``opened``.
+    """open(width, height, fps) -> write(frame)... -> close(); ``with sink:`` closes it.
 
     ``open`` gets the size of the first frame and the nominal rate; ``close`` finalizes (a recorded file
     is playable after it).

@@ -10,6 +10,7 @@ import cv2
 
 from streamer.frames import Frame
 from streamer.sinks.base import Sink, SinkError
+from streamer.stats import Rate
 
 WINDOW = "streamer preview (q to quit)"
 
@@ -35,7 +36,7 @@ class PreviewSink(Sink):
 
     def __init__(self) -> None:
         self.stop_requested = False
-        self._times: list[float] = []
+        self._rate = Rate()
         self._open = False
 
     def open(self, width: int, height: int, fps: float) -> None:
@@ -51,10 +52,11 @@ class PreviewSink(Sink):
 
     def write(self, frame: Frame) -> None:
         now = time.monotonic()
-        self._times = [t for t in self._times if now - t < 1.0] + [now]
+        self._rate.tick(now)
+        fps = f"{self._rate.per_second(now):.0f} fps"
         bgr = cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR)
-        cv2.putText(bgr, f"{len(self._times)} fps", (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 0, 0), 4)
-        cv2.putText(bgr, f"{len(self._times)} fps", (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 255, 255), 2)
+        cv2.putText(bgr, fps, (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 0, 0), 4)
+        cv2.putText(bgr, fps, (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 255, 255), 2)
         cv2.imshow(WINDOW, bgr)
         key = cv2.waitKey(1) & 0xFF
         if key in (ord("q"), 27) or cv2.getWindowProperty(WINDOW, cv2.WND_PROP_VISIBLE) < 1:

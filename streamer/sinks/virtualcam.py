@@ -56,10 +56,6 @@ class VirtualCamSink(Sink):
             raise SinkError(f"virtual camera: {'; '.join(reasons)}") from None
         self._size = (width, height)
 
-    @property
-    def device_name(self) -> str | None:
-        return None if self._camera is None else self._camera.device
-
     def write(self, frame: Frame) -> None:
         if self._camera is None or self._size is None:
             raise SinkError("virtual camera: write() before open()")

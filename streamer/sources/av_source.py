@@ -277,7 +277,6 @@ class AvLiveSource(ThreadedSource):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.clock = PtsClock()  # pts keep increasing across reconnects and loops
-        self.last_error: str | None = None
         # A stream silent this long counts as stalled; it also bounds how long close() can wait.
         self.read_timeout = min(2.0, self.timeout)
 
@@ -295,11 +294,10 @@ class AvLiveSource(ThreadedSource):
         while not self._stop.is_set():
             try:
                 container = self._connect(first=not ever_received)
-            except SourceError:
+            except SourceError as exc:
                 if not ever_received:
                     raise
-                container = None
-                reason = self.last_error or "cannot open"
+                container, reason = None, str(exc)
             except (av.error.FFmpegError, OSError) as exc:
                 if not ever_received:
                     raise SourceError(f"{self.name}: {describe_error(exc, self.timeout)}") from None
@@ -340,7 +338,6 @@ class AvLiveSource(ThreadedSource):
                     return
                 if self.on_end == "restart" and received_here:
                     continue
-            self.last_error = reason
             if self.on_end != "reconnect":
                 raise SourceError(f"{self.name}: {reason}")
             log.warning("%s: %s; reconnecting in %.1f s", self.name, reason, backoff)
@@ -468,7 +465,6 @@ class RealtimeFileSource(AvLiveSource):
         super().__init__(**kwargs)
         self.path = path
         self.name = path
-        self.loop = loop
         self.on_end = "restart" if loop else "finish"
 
     def _connect(self, first: bool) -> av.container.InputContainer:

@@ -47,7 +47,7 @@ def open_source(
     test_match = _TESTSRC.fullmatch(spec)
     if test_match:
         return _test_source(test_match, width, height, fps)
-    if spec.startswith("webcam") and (spec == "webcam" or spec.startswith("webcam:")) or re.fullmatch(
+    if spec == "webcam" or spec.startswith("webcam:") or re.fullmatch(
         r"/dev/video\d+", spec
     ):
         from streamer.sources.webcam import WebcamSource
