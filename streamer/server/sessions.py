@@ -151,6 +151,7 @@ class StylizedTrack(MediaStreamTrack):
 def _to_video(image: Any, pts: int | None, time_base: Fraction) -> av.VideoFrame:
     video = av.VideoFrame.from_ndarray(image, format="rgb24")
     video.pts, video.time_base = pts, time_base
+    video.opaque = image  # the stylized pixels, for viewers' copies (no conversion back from the frame)
     return video
 
 
@@ -167,8 +168,10 @@ class ViewerTrack(MediaStreamTrack):
 
     async def recv(self) -> av.VideoFrame:
         shared = await self.source.recv()
+        image = shared.opaque  # set by _to_video upstream; None for a frame from elsewhere
         return await asyncio.to_thread(
-            lambda: _to_video(shared.to_ndarray(format="rgb24"), shared.pts, shared.time_base))
+            lambda: _to_video(shared.to_ndarray(format="rgb24") if image is None else image, shared.pts,
+                              shared.time_base))
 
     def stop(self) -> None:
         super().stop()
