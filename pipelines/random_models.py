@@ -7,9 +7,17 @@ from __future__ import annotations
 
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-from pipelines.tiny import lcm_scheduler, tiny_components, tiny_sdxl_components, tiny_tokenizer, tiny_vae_kl
+from pipelines.tiny import (
+    clip_text_encoder,
+    lcm_scheduler,
+    tiny_components,
+    tiny_sdxl_components,
+    tiny_taesd,
+    tiny_tokenizer,
+    tiny_vae_kl,
+)
 
 SIZES = ("tiny", "sd15", "tiny-sdxl", "sdxl")
 
@@ -31,8 +39,6 @@ def random_components(size: str, *, dtype: torch.dtype = torch.float32, seed: in
     diffusers_logging.set_verbosity_error()  # its notes on casting dtypes are not for our users
     torch.manual_seed(seed)
     if size == "tiny":
-        from pipelines.tiny import tiny_taesd
-
         parts = tiny_components("lcm", seed=seed, full_vae=True)
         parts["taesd"] = tiny_taesd()
         return parts
@@ -54,10 +60,8 @@ def random_components(size: str, *, dtype: torch.dtype = torch.float32, seed: in
 
 
 def _clip_text(tokenizer, hidden: int, layers: int, heads: int, cls: type = CLIPTextModel) -> torch.nn.Module:
-    return cls(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, max_position_embeddings=77, projection_dim=hidden,
-        bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1, pad_token_id=len(tokenizer) - 1))
+    return clip_text_encoder(len(tokenizer), hidden=hidden, layers=layers, heads=heads, intermediate=4 * hidden,
+                             cls=cls)
 
 
 def _vae(scaling_factor: float) -> AutoencoderKL:

@@ -38,6 +38,13 @@ def img2img_inference_steps(steps: int, strength: float) -> int:
     return n
 
 
+def _img2img_start(scheduler: LCMScheduler | EulerDiscreteScheduler, steps: int, strength: float) -> int:
+    """diffusers' img2img rule: schedule N steps, skip the first N - int(N * strength); returns that index."""
+    n = img2img_inference_steps(steps, strength)
+    scheduler.set_timesteps(n, device="cpu")
+    return n - int(n * strength)
+
+
 def build_schedule(scheduler: LCMScheduler | EulerDiscreteScheduler, *, steps: int, strength: float,
                    img2img_semantics: bool, original_inference_steps: int | None = None) -> list[StepScalars]:
     """The scalars of each denoising step for one frame.
@@ -48,9 +55,8 @@ def build_schedule(scheduler: LCMScheduler | EulerDiscreteScheduler, *, steps: i
     """
     if isinstance(scheduler, LCMScheduler):
         if img2img_semantics:
-            n = img2img_inference_steps(steps, strength)
-            scheduler.set_timesteps(n, device="cpu")
-            timesteps = scheduler.timesteps[n - int(n * strength):]
+            start = _img2img_start(scheduler, steps, strength)  # sets the timesteps: call before reading them
+            timesteps = scheduler.timesteps[start:]
         else:
             try:
                 scheduler.set_timesteps(steps, device="cpu", original_inference_steps=original_inference_steps,
@@ -72,9 +78,7 @@ def build_schedule(scheduler: LCMScheduler | EulerDiscreteScheduler, *, steps: i
                                    next_alpha, next_sigma, renoise=True))
         return out
     if isinstance(scheduler, EulerDiscreteScheduler):
-        n = img2img_inference_steps(steps, strength)
-        scheduler.set_timesteps(n, device="cpu")
-        start = n - int(n * strength)
+        start = _img2img_start(scheduler, steps, strength)
         timesteps = scheduler.timesteps[start:].tolist()
         sigmas = scheduler.sigmas[start:].double().tolist()  # Euler's sigma is sqrt((1 - ab) / ab)
 

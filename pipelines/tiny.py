@@ -50,12 +50,18 @@ def tiny_tokenizer() -> CLIPTokenizer:
         return CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), model_max_length=77)
 
 
-def tiny_text_encoder(vocab_size: int, cls: type = CLIPTextModel) -> CLIPTextModel:
+def clip_text_encoder(vocab_size: int, *, hidden: int, layers: int, heads: int, intermediate: int,
+                      cls: type = CLIPTextModel) -> CLIPTextModel:
+    """A CLIP text encoder of the given size for a tokenizer of ``vocab_size`` (its last two ids: BOS, EOS)."""
     return cls(CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=TEXT_DIM, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=77, projection_dim=TEXT_DIM,
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=heads, max_position_embeddings=77, projection_dim=hidden,
         bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
     ))
+
+
+def tiny_text_encoder(vocab_size: int, cls: type = CLIPTextModel) -> CLIPTextModel:
+    return clip_text_encoder(vocab_size, hidden=TEXT_DIM, layers=2, heads=4, intermediate=64, cls=cls)
 
 
 def tiny_unet(guidance_embedding: bool) -> UNet2DConditionModel:
