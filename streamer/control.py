@@ -142,7 +142,8 @@ class LiveParams:
         self.worker = worker
         self.stream_ids = list(stream_ids)
         self._current = dict(initial or {})
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _current: held for a moment, never across the worker
+        self._changing = threading.Lock()  # one change at a time, so the reported state matches the model
 
     @property
     def current(self) -> dict[str, Any]:
@@ -154,15 +155,16 @@ class LiveParams:
         params = validate_params(changes)
         if not params:
             return self.current
-        with self._lock:  # one change at a time, so the reported state matches what the model has
+        with self._changing:
             for stream_id in self.stream_ids:
                 self.worker.update(stream_id, **params).result(timeout=UPDATE_TIMEOUT_S)
-            for key, value in params.items():
-                if key == "smoothing":
-                    self._current["smoothing"] = value.get("enabled", self._current.get("smoothing", True))
-                else:
-                    self._current[key] = value
-            return dict(self._current)
+            with self._lock:  # GET /params reads while a change waits for the worker: it sees the old state
+                for key, value in params.items():
+                    if key == "smoothing":
+                        self._current["smoothing"] = value.get("enabled", self._current.get("smoothing", True))
+                    else:
+                        self._current[key] = value
+                return dict(self._current)
 
 
 def _json_response(handler: BaseHTTPRequestHandler, status: int, body: Any, content_type: str = "") -> None:

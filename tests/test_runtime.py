@@ -369,6 +369,30 @@ def test_terminal_control_lines(passthrough_worker: GpuWorker) -> None:
     assert passthrough_worker.pipeline.params["default"] == {"strength": 0.6}
 
 
+def test_reading_params_does_not_wait_for_a_change_in_progress() -> None:
+    """GET /params and the terminal's ``params`` read while the worker is still applying a change."""
+    from concurrent.futures import Future
+
+    release = threading.Event()
+
+    class SlowWorker:
+        def update(self, stream_id: str, **params: object) -> Future:
+            future: Future = Future()
+            threading.Thread(target=lambda: (release.wait(10), future.set_result(None)), daemon=True).start()
+            return future
+
+    params = LiveParams(SlowWorker(), ["default"], {"strength": 0.5})
+    changing = threading.Thread(target=params.apply, args=({"strength": 0.7},))
+    changing.start()
+    time.sleep(0.2)  # the change now waits on the worker
+    started = time.monotonic()
+    assert params.current == {"strength": 0.5}  # the old state, at once
+    assert time.monotonic() - started < 2.0  # not held until the worker is done (10 s here)
+    release.set()
+    changing.join(10)
+    assert params.current == {"strength": 0.7}
+
+
 @pytest.mark.slow
 def test_tiny_model_runs_live(tmp_path: Path) -> None:
     from pipelines.presets import load_pipeline
