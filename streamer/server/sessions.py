@@ -11,32 +11,29 @@ import asyncio
 import json
 import logging
 import secrets
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any
 
-import av
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from streamer.control import LIVE_PARAMS, validate_params
-from streamer.frames import Frame
+from streamer.server.ice import ice_configuration, restrict_host_candidates
 from streamer.server.metrics import ServerMetrics, StreamStats
+from streamer.server.sdp import OfferError, check_sdp
+from streamer.server.tracks import LatestFrameSlot, SourceFeed, StylizedTrack, ViewerTrack, drain
 from streamer.worker import GpuWorker
+
+# Other modules import these from here (they lived here before the split into sdp, ice and tracks).
+__all__ = ["CapacityError", "NotFoundError", "OfferError", "SessionManager", "SourceFeed", "check_sdp",
+           "ice_configuration", "live_params", "restrict_host_candidates"]
 
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT = 3.0
 PARAMS_TIMEOUT = 10.0
-VIDEO_CLOCK = Fraction(1, 90_000)
-
-
-class OfferError(ValueError):
-    """The client's SDP offer cannot be used (HTTP 400)."""
 
 
 class CapacityError(RuntimeError):
@@ -45,137 +42,6 @@ class CapacityError(RuntimeError):
 
 class NotFoundError(LookupError):
     """No such session or stream (HTTP 404)."""
-
-
-def restrict_host_candidates(addresses: list[str]) -> None:
-    """Gather ICE host candidates only on ``addresses``.
-
-    aioice always leaves 127.0.0.1 out and offers every other interface; a server meant for peers on the
-    same machine (or a test) needs exactly loopback. aioice has no option for it, so the module function
-    it calls is replaced, for this process.
-    """
-    import aioice.ice
-
-    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        return [a for a in addresses if (use_ipv6 if ":" in a else use_ipv4)]
-
-    aioice.ice.get_host_addresses = host_addresses
-
-
-def ice_configuration(urls: list[str], username: str | None = None,
-                      credential: str | None = None) -> RTCConfiguration:
-    """Only the configured ICE servers: aiortc's default would contact a public STUN server."""
-    servers = [RTCIceServer(urls=url, username=username if url.startswith("turn") else None,
-                            credential=credential if url.startswith("turn") else None) for url in urls]
-    return RTCConfiguration(iceServers=servers)
-
-
-class LatestFrameSlot:
-    """Holds only the newest input frame; a frame replaced before anyone took it is reported to ``on_drop``
-    at once (so counters stay right whether or not anyone is reading)."""
-
-    def __init__(self, on_drop: Callable[[], None] | None = None) -> None:
-        self._item: tuple[Any, float] | None = None
-        self._event = asyncio.Event()
-        self.on_drop = on_drop
-        self.closed = False
-
-    def put(self, frame: Any, arrived: float) -> None:
-        if self._item is not None and self.on_drop is not None:
-            self.on_drop()
-        self._item = (frame, arrived)
-        self._event.set()
-
-    def close(self) -> None:
-        self.closed = True
-        self._event.set()
-
-    async def get(self) -> tuple[Any, float]:
-        while self._item is None:
-            if self.closed:
-                raise MediaStreamError
-            self._event.clear()
-            await self._event.wait()
-        item, self._item = self._item, None
-        return item
-
-
-class StylizedTrack(MediaStreamTrack):
-    """Takes the newest input frame, runs it through the worker, returns it with the input's pts."""
-
-    kind = "video"
-
-    def __init__(self, slot: LatestFrameSlot, worker: GpuWorker, stream_id: str, stats: StreamStats,
-                 metrics: ServerMetrics) -> None:
-        super().__init__()
-        self.slot = slot
-        self.worker = worker
-        self.stream_id = stream_id
-        self.stats = stats
-        self.metrics = metrics
-        self._index = 0
-        self._warned = False
-
-    async def recv(self) -> av.VideoFrame:
-        while True:
-            if self.readyState != "live":
-                raise MediaStreamError
-            item, arrived = await self.slot.get()
-            # Pixel conversions run off the event loop: at several sessions they add up to real time.
-            frame = await asyncio.to_thread(self._to_frame, item, arrived)
-            try:
-                out = await asyncio.wrap_future(self.worker.submit(frame))
-            except Exception as exc:  # noqa: BLE001 - a failed frame is skipped, the stream goes on
-                self.metrics.frame_errors += 1
-                if not self._warned:
-                    log.warning("stream %s: frame failed: %s", self.stream_id, exc)
-                    self._warned = True
-                continue
-            latency = time.monotonic() - arrived
-            self.stats.frame_out(latency)
-            self.metrics.frame_out(latency)
-            return await asyncio.to_thread(_to_video, out.image, out.pts, out.time_base)
-
-    def _to_frame(self, item: Any, arrived: float) -> Frame:
-        self._index += 1
-        if isinstance(item, Frame):
-            pts, time_base = item.pts, item.time_base
-            if pts is None:  # the encoder needs a clock: use arrival time
-                pts, time_base = int(arrived / VIDEO_CLOCK), VIDEO_CLOCK
-            return Frame(item.image, pts=pts, time_base=time_base, capture_time=arrived,
-                         stream_id=self.stream_id, index=self._index)
-        return Frame(item.to_ndarray(format="rgb24"), pts=item.pts, time_base=item.time_base,
-                     capture_time=arrived, stream_id=self.stream_id, index=self._index)
-
-
-def _to_video(image: Any, pts: int | None, time_base: Fraction) -> av.VideoFrame:
-    video = av.VideoFrame.from_ndarray(image, format="rgb24")
-    video.pts, video.time_base = pts, time_base
-    video.opaque = image  # the stylized pixels, for viewers' copies (no conversion back from the frame)
-    return video
-
-
-class ViewerTrack(MediaStreamTrack):
-    """One viewer's copy of a relayed stream. The relay hands every subscriber the same frame object, and
-    aiortc's encoders (one per viewer, on executor threads) change a frame in place while encoding it:
-    sharing one crashed the process. So each viewer encodes its own copy."""
-
-    kind = "video"
-
-    def __init__(self, source: MediaStreamTrack) -> None:
-        super().__init__()
-        self.source = source
-
-    async def recv(self) -> av.VideoFrame:
-        shared = await self.source.recv()
-        image = shared.opaque  # set by _to_video upstream; None for a frame from elsewhere
-        return await asyncio.to_thread(
-            lambda: _to_video(shared.to_ndarray(format="rgb24") if image is None else image, shared.pts,
-                              shared.time_base))
-
-    def stop(self) -> None:
-        super().stop()
-        self.source.stop()
 
 
 @dataclass
@@ -279,7 +145,7 @@ class SessionManager:
         def on_track(track: MediaStreamTrack) -> None:
             if track.kind != "video" or tracks:
                 # Audio (OBS sends it) or a second video: read and drop, or aiortc queues it without bound.
-                session.tasks.append(asyncio.ensure_future(_drain(track)))
+                session.tasks.append(asyncio.ensure_future(drain(track)))
                 return
             slot = LatestFrameSlot(on_drop=lambda: self._dropped(session.stats))
             session.tasks.append(asyncio.ensure_future(self._pump(session, track, slot)))
@@ -427,14 +293,6 @@ class SessionManager:
         log.info("session %s (%s) closed", session.id, session.kind)
 
 
-async def _drain(track: MediaStreamTrack) -> None:
-    try:
-        while True:
-            await track.recv()
-    except (MediaStreamError, asyncio.CancelledError):
-        pass
-
-
 def live_params(data: Any) -> dict[str, Any]:
     """The shared checks of streamer.control, plus: a message's "type" key is not a parameter, and an
     empty change is an error rather than a silent no-op."""
@@ -446,47 +304,3 @@ def live_params(data: Any) -> dict[str, Any]:
     return params
 
 
-def check_sdp(sdp: object) -> None:
-    if not isinstance(sdp, str) or not sdp.lstrip().startswith("v=0"):
-        raise OfferError("malformed SDP offer: it must be SDP text starting with 'v=0'")
-    if "m=" not in sdp:
-        raise OfferError("malformed SDP offer: it has no media section (m=)")
-
-
-class SourceFeed:
-    """Reads a server-side source on its own thread and keeps only its newest frame for the loop."""
-
-    def __init__(self, source: Any, loop: asyncio.AbstractEventLoop) -> None:
-        self.source = source
-        self.loop = loop
-        self.slot = LatestFrameSlot()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="server-source", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                try:
-                    frame = self.source.read(timeout=1.0)
-                except TimeoutError:  # SourceTimeout is one: a live source may come back
-                    continue
-                except Exception as exc:  # noqa: BLE001 - reported, the server stays up
-                    log.error("source stopped: %s", exc)
-                    break
-                if frame is None:
-                    break
-                self.loop.call_soon_threadsafe(self.slot.put, frame, time.monotonic())
-        finally:
-            if not self.loop.is_closed():
-                self.loop.call_soon_threadsafe(self.slot.close)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        try:
-            self.source.close()
-        except Exception as exc:  # noqa: BLE001
-            log.warning("closing the source: %s", exc)
-        self._thread.join(timeout)
