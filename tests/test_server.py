@@ -453,11 +453,12 @@ def test_serve_over_https_with_a_certificate(tmp_path: Path) -> None:
 
 
 def test_dropped_frames_are_counted_as_they_drop_and_stay_counted():
-    """Counted when a newer frame replaces one nobody took (no reader needed), and the Prometheus counter
-    keeps them after the stream is gone (a counter that went down would read as a reset)."""
-    from aiortc import RTCConfiguration
+    """Counted when a newer frame replaces one nobody took (no reader needed) while someone watches the
+    stream, and the Prometheus counter keeps them after the stream is gone (a counter that went down would
+    read as a reset). A stream nobody watches is not stylized at all: its frames are not dropped ones."""
+    from aiortc import RTCConfiguration, RTCPeerConnection
 
-    from streamer.server.sessions import SessionManager, SourceFeed
+    from streamer.server.sessions import Session, SessionManager, SourceFeed
 
     async def scenario() -> None:
         metrics = ServerMetrics()
@@ -466,8 +467,15 @@ def test_dropped_frames_are_counted_as_they_drop_and_stay_counted():
         manager.add_source(feed)
         for i in range(3):
             feed.slot.put(f"frame {i}", 0.0)
-        assert manager.broadcasts["source"].track.stats.dropped == 2
-        assert "streamer_frames_dropped_total 2\n" in metrics.render(manager.counts(), {})
+        assert manager.broadcasts["source"].track.stats.dropped == 0
+        viewer = Session(id="v", kind="whep", pc=RTCPeerConnection(RTCConfiguration()), broadcast_key="source",
+                         connected=True)
+        manager.sessions[viewer.id] = viewer
+        for i in range(3):
+            feed.slot.put(f"frame {i}", 0.0)
+        assert manager.broadcasts["source"].track.stats.dropped == 3
+        await manager.close(viewer.id)
+        assert "streamer_frames_dropped_total 3\n" in metrics.render(manager.counts(), {})
 
     asyncio.run(scenario())
 

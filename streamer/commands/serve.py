@@ -24,7 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="most stylized streams at once (browser + WHIP); more get 503 (default 4)")
     g.add_argument("--max-viewers", type=int, default=32, help="most WHEP / /watch viewers at once (default 32)")
     g.add_argument("--idle-timeout", type=float, default=10.0,
-                   help="close a session whose peer sent no frame for this many seconds (default 10)")
+                   help="close a session whose peer sent no frame (a viewer: answered no ICE consent "
+                        "check) for this many seconds (default 10)")
+    g.add_argument("--connect-timeout", type=float, default=15.0,
+                   help="close a session whose peer has not connected this many seconds after its offer, "
+                        "freeing its slot (default 15)")
     g.add_argument("--max-batch", type=int, default=8, help="most frames in one model call (default 8)")
     g.add_argument("--cert", type=Path, default=None, help="TLS certificate (PEM) for HTTPS")
     g.add_argument("--key", type=Path, default=None, help="TLS private key (PEM) for HTTPS")
@@ -46,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     options = ServerOptions(
         host=args.host, port=args.port, token=args.token, insecure=args.insecure,
         max_sessions=args.max_sessions, max_viewers=args.max_viewers, idle_timeout=args.idle_timeout,
+        connect_timeout=args.connect_timeout,
         ice_servers=args.ice_server, ice_username=args.ice_username, ice_credential=args.ice_credential,
         ice_addresses=args.ice_address, cert=args.cert, key=args.key, max_batch=args.max_batch,
     )

@@ -45,6 +45,7 @@ class ServerOptions:
     max_sessions: int = 4
     max_viewers: int = 32
     idle_timeout: float = 10.0
+    connect_timeout: float = 15.0  # a peer not connected by then is closed and its slot freed
     max_body: int = 256 * 1024  # an SDP offer is a few kB; anything far larger is refused with 413
     ice_servers: list[str] = field(default_factory=list)
     ice_username: str | None = None
@@ -72,6 +73,8 @@ class ServerOptions:
             raise ValueError(f"--max-batch must be at least 1, got {self.max_batch}")
         if self.idle_timeout <= 0:
             raise ValueError(f"--idle-timeout must be positive, got {self.idle_timeout}")
+        if self.connect_timeout <= 0:
+            raise ValueError(f"--connect-timeout must be positive, got {self.connect_timeout}")
         for url in self.ice_servers:
             if not url.startswith(("stun:", "turn:", "turns:")):
                 raise ValueError(f"--ice-server must be a stun:, turn: or turns: URL, got {url!r}")
@@ -106,7 +109,8 @@ def create_app(options: ServerOptions, worker: GpuWorker, metrics: ServerMetrics
     metrics = metrics or ServerMetrics()
     ice = ice_configuration(options.ice_servers, options.ice_username, options.ice_credential)
     manager = SessionManager(worker, metrics, ice=ice, max_sessions=options.max_sessions,
-                             max_viewers=options.max_viewers, idle_timeout=options.idle_timeout)
+                             max_viewers=options.max_viewers, idle_timeout=options.idle_timeout,
+                             connect_timeout=options.connect_timeout)
     if source_feed is not None:
         manager.add_source(source_feed)
     app = web.Application(middlewares=[token_middleware(options.token), errors_middleware],

@@ -47,6 +47,7 @@ class StreamStats:
         self.last_latency = 0.0
         self.frames = 0
         self.dropped = 0
+        self.received = 0  # input frames from the peer (browser camera, WHIP publisher)
 
     def frame_out(self, latency: float) -> None:
         self._rate.tick(time.monotonic())
@@ -59,7 +60,8 @@ class StreamStats:
 
     def as_dict(self) -> dict[str, float]:
         return {"fps": round(self.fps, 2), "latency_ms": round(self.last_latency * 1000, 1),
-                "frames": self.frames, "dropped": self.dropped}
+                "frames": self.frames, "dropped": self.dropped,
+                "received": self.received}
 
 
 class ServerMetrics:
@@ -69,6 +71,7 @@ class ServerMetrics:
         self.batch_seconds = Histogram(BATCH_SECONDS_BUCKETS)
         self.latency = Series()  # one sample per stylized frame sent
         self.frames_dropped = 0
+        self.frames_received = 0
         self.frame_errors = 0
         self.sessions_started = 0
 
@@ -94,6 +97,9 @@ class ServerMetrics:
                   f"streamer_sessions_started_total {self.sessions_started}",
                   "# HELP streamer_frames_total Stylized frames sent.", "# TYPE streamer_frames_total counter",
                   f"streamer_frames_total {self.frames_out}",
+                  "# HELP streamer_frames_received_total Input frames received from publishers (browser, WHIP).",
+                  "# TYPE streamer_frames_received_total counter",
+                  f"streamer_frames_received_total {self.frames_received}",
                   "# HELP streamer_frames_dropped_total Input frames replaced by a newer one before the GPU took them.",
                   "# TYPE streamer_frames_dropped_total counter",
                   f"streamer_frames_dropped_total {self.frames_dropped}",

@@ -20,7 +20,7 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from streamer.control import LIVE_PARAMS, validate_params
-from streamer.server.ice import ice_configuration, restrict_host_candidates
+from streamer.server.ice import expire_consent_after, ice_configuration, restrict_host_candidates
 from streamer.server.metrics import ServerMetrics, StreamStats
 from streamer.server.sdp import OfferError, check_sdp
 from streamer.server.tracks import LatestFrameSlot, SourceFeed, StylizedTrack, ViewerTrack, drain
@@ -64,6 +64,7 @@ class Session:
     last_input: float | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
     broadcast_key: str | None = None  # whep: what it watches
+    connected: bool = False  # the peer connection reached "connected" (ICE and DTLS done)
 
     @property
     def stylizes(self) -> bool:
@@ -72,13 +73,15 @@ class Session:
 
 class SessionManager:
     def __init__(self, worker: GpuWorker, metrics: ServerMetrics, *, ice: RTCConfiguration,
-                 max_sessions: int = 4, max_viewers: int = 32, idle_timeout: float = 10.0) -> None:
+                 max_sessions: int = 4, max_viewers: int = 32, idle_timeout: float = 10.0,
+                 connect_timeout: float = 15.0) -> None:
         self.worker = worker
         self.metrics = metrics
         self.ice = ice
         self.max_sessions = max_sessions
         self.max_viewers = max_viewers
         self.idle_timeout = idle_timeout
+        self.connect_timeout = connect_timeout
         self.sessions: dict[str, Session] = {}
         self.broadcasts: dict[str, Broadcast] = {}
         self.relay = MediaRelay()
@@ -98,12 +101,18 @@ class SessionManager:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _dropped(self, stats: StreamStats) -> None:
+    def _dropped(self, stats: StreamStats, broadcast_key: str | None = None) -> None:
+        """A frame replaced before the GPU took it. A broadcast nobody watches is not stylized at all:
+        its frames are received, not dropped."""
+        if broadcast_key is not None and not any(
+                s.broadcast_key == broadcast_key and s.connected for s in self.sessions.values()):
+            return
         stats.dropped += 1
         self.metrics.frames_dropped += 1
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
+        expire_consent_after(self.idle_timeout)
         self._watchdog = asyncio.get_running_loop().create_task(self._watch())
 
     async def close_all(self) -> None:
@@ -129,7 +138,7 @@ class SessionManager:
     async def open_stylizing(self, offer_sdp: str, kind: str,
                              params: dict[str, Any] | None = None) -> tuple[Session, str]:
         """A peer sends its camera; ``browser`` gets the stylized video back, ``whip`` feeds viewers."""
-        check_sdp(offer_sdp)
+        await asyncio.to_thread(check_sdp, offer_sdp)  # CPU work on untrusted text: not on the loop
         if sum(s.stylizes for s in self.sessions.values()) >= self.max_sessions:
             raise CapacityError(f"the server is at its limit of {self.max_sessions} sessions; try again later")
         if params:
@@ -147,7 +156,8 @@ class SessionManager:
                 # Audio (OBS sends it) or a second video: read and drop, or aiortc queues it without bound.
                 session.tasks.append(asyncio.ensure_future(drain(track)))
                 return
-            slot = LatestFrameSlot(on_drop=lambda: self._dropped(session.stats))
+            slot = LatestFrameSlot(on_drop=lambda: self._dropped(
+                session.stats, session.id if kind == "whip" else None))
             session.tasks.append(asyncio.ensure_future(self._pump(session, track, slot)))
             stylized = StylizedTrack(slot, self.worker, session.stream_id, session.stats, self.metrics)
             tracks.append(stylized)
@@ -174,15 +184,9 @@ class SessionManager:
 
     async def open_viewer(self, offer_sdp: str, key: str | None = None) -> tuple[Session, str]:
         """A peer that only receives: the named broadcast, else the newest one."""
-        check_sdp(offer_sdp)
-        if not self.broadcasts:
-            raise NotFoundError("nothing is being streamed yet: publish with WHIP or start with --source")
-        if key is None:
-            broadcast = max(self.broadcasts.values(), key=lambda b: b.started)
-        elif key in self.broadcasts:
-            broadcast = self.broadcasts[key]
-        else:
-            raise NotFoundError(f"no stream {key!r}; streams: {', '.join(self.broadcasts)}")
+        self._broadcast(key)  # nothing to watch: 404 whatever the offer
+        await asyncio.to_thread(check_sdp, offer_sdp)  # CPU work on untrusted text: not on the loop
+        broadcast = self._broadcast(key)  # again: the publisher may have left meanwhile
         if sum(s.kind == "whep" for s in self.sessions.values()) >= self.max_viewers:
             raise CapacityError(f"the server is at its limit of {self.max_viewers} viewers; try again later")
         session = Session(id=secrets.token_urlsafe(12), kind="whep", pc=RTCPeerConnection(self.ice),
@@ -198,10 +202,19 @@ class SessionManager:
             raise
         return session, session.pc.localDescription.sdp
 
+    def _broadcast(self, key: str | None) -> Broadcast:
+        if not self.broadcasts:
+            raise NotFoundError("nothing is being streamed yet: publish with WHIP or start with --source")
+        if key is None:
+            return max(self.broadcasts.values(), key=lambda b: b.started)
+        if key not in self.broadcasts:
+            raise NotFoundError(f"no stream {key!r}; streams: {', '.join(self.broadcasts)}")
+        return self.broadcasts[key]
+
     def add_source(self, feed: SourceFeed) -> None:
         """A server-side source, stylized once and relayed to every viewer as stream ``source``."""
         stats = StreamStats()
-        feed.slot.on_drop = lambda: self._dropped(stats)
+        feed.slot.on_drop = lambda: self._dropped(stats, "source")
         track = StylizedTrack(feed.slot, self.worker, "source", stats, self.metrics)
         self.broadcasts["source"] = Broadcast("source", track)
         self._source_feed = feed
@@ -221,6 +234,8 @@ class SessionManager:
             while True:
                 frame = await track.recv()
                 session.last_input = time.monotonic()
+                session.stats.received += 1
+                self.metrics.frames_received += 1
                 slot.put(frame, session.last_input)
         except (MediaStreamError, asyncio.CancelledError):
             pass
@@ -230,15 +245,24 @@ class SessionManager:
     def _watch_state(self, session: Session) -> None:
         @session.pc.on("connectionstatechange")
         async def on_state() -> None:
+            if session.pc.connectionState == "connected":
+                session.connected = True
             if session.pc.connectionState in ("failed", "closed"):
                 await self.close(session.id)
 
     async def _watch(self) -> None:
-        """Close stylizing sessions whose peer sends nothing (closed tab, lost network)."""
+        """Close sessions whose peer never connected (an offer from a peer that cannot reach us, or that
+        went away before connecting: each holds a slot), and stylizing sessions whose peer sends nothing
+        (closed tab, lost network). A viewer that went away is closed by ICE consent (expire_consent_after)."""
         while True:
-            await asyncio.sleep(min(1.0, self.idle_timeout / 4))
+            await asyncio.sleep(min(1.0, self.idle_timeout / 4, self.connect_timeout / 4))
             now = time.monotonic()
             for session in list(self.sessions.values()):
+                if not session.connected and now - session.created > self.connect_timeout:
+                    log.info("session %s (%s): peer not connected after %.0f s, closing", session.id,
+                             session.kind, self.connect_timeout)
+                    self._in_background(self.close(session.id))
+                    continue
                 if session.stylizes and now - (session.last_input or session.created) > self.idle_timeout:
                     log.info("session %s: no frames for %.0f s, closing", session.id, self.idle_timeout)
                     self._in_background(self.close(session.id))
