@@ -2,7 +2,7 @@
 
 ``python tests/webrtc_helpers.py serve --port P ...`` runs the real server (``run_server``) with the
 inverting pipeline; ``python tests/webrtc_helpers.py client URL`` streams a pattern to ``/offer`` until
-killed (the "vanished peer" test SIGKILLs it).
+killed (the "vanished peer" test SIGKILLs it); ``... viewer URL`` plays ``/whep`` until killed.
 """
 
 from __future__ import annotations
@@ -260,6 +260,14 @@ async def _stream_forever(base_url: str) -> None:
         await asyncio.sleep(1)
 
 
+async def _watch_forever(base_url: str) -> None:
+    peer = await whep_play(base_url)
+    await peer.wait_frames(3)
+    print(f"watching {peer.location}", flush=True)
+    while True:
+        await asyncio.sleep(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -272,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--token", default=None)
     client = sub.add_parser("client")
     client.add_argument("url")
+    viewer = sub.add_parser("viewer")
+    viewer.add_argument("url")
     args = parser.parse_args(argv)
     if args.mode == "serve":
         from streamer.server.app import ServerOptions, run_server
@@ -281,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
                                 defaults={"prompt": "", "strength": 1.0, "seed": 0, "smoothing": True})
         return run_server(options, InvertingPipeline(args.delay))
     with loopback_ice():
-        asyncio.run(_stream_forever(args.url))
+        asyncio.run(_stream_forever(args.url) if args.mode == "client" else _watch_forever(args.url))
     return 0
 
 
