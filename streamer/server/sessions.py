@@ -25,6 +25,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from streamer.control import LIVE_PARAMS, validate_params
 from streamer.frames import Frame
+from streamer.server.dtls import prefer_passive_dtls
 from streamer.server.metrics import ServerMetrics, StreamStats
 from streamer.worker import GpuWorker
 
@@ -346,6 +347,8 @@ class SessionManager:
         except Exception as exc:  # noqa: BLE001 - aiortc raises many types on bad SDP
             raise OfferError(f"malformed SDP offer: {exc or type(exc).__name__}") from None
         answer = await session.pc.createAnswer()
+        # aiortc as DTLS server, so that peers with RSA certificates (GStreamer's webrtcbin) can connect.
+        answer = RTCSessionDescription(sdp=prefer_passive_dtls(answer.sdp, offer_sdp), type=answer.type)
         await session.pc.setLocalDescription(answer)  # also waits for ICE gathering: no trickle needed
 
     # ---- running sessions ------------------------------------------------------------------------
@@ -364,6 +367,9 @@ class SessionManager:
     def _watch_state(self, session: Session) -> None:
         @session.pc.on("connectionstatechange")
         async def on_state() -> None:
+            if session.pc.connectionState == "failed" and dtls_failed(session.pc):
+                log.warning("session %s (%s): DTLS handshake failed after ICE connected (the peer's certificate "
+                            "or cipher suites may be incompatible); closing", session.id, session.kind)
             if session.pc.connectionState in ("failed", "closed"):
                 await self.close(session.id)
 
@@ -425,6 +431,16 @@ class SessionManager:
         if session.stylizes:
             self.worker.remove_stream(session.stream_id)
         log.info("session %s (%s) closed", session.id, session.kind)
+
+
+def dtls_failed(pc: RTCPeerConnection) -> bool:
+    """ICE got through but a DTLS handshake did not (aiortc itself says so only at DEBUG level)."""
+    if pc.iceConnectionState not in ("connected", "completed"):
+        return False
+    transports = [t.receiver.transport for t in pc.getTransceivers()]
+    if pc.sctp is not None:
+        transports.append(pc.sctp.transport)
+    return any(t.state == "failed" for t in transports)
 
 
 async def _drain(track: MediaStreamTrack) -> None:
