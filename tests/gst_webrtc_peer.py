@@ -28,8 +28,9 @@ import gi
 
 gi.require_version("Gst", "1.0")
 gi.require_version("GstSdp", "1.0")
+gi.require_version("GstVideo", "1.0")
 gi.require_version("GstWebRTC", "1.0")
-from gi.repository import GLib, Gst, GstSdp, GstWebRTC  # noqa: E402
+from gi.repository import GLib, Gst, GstSdp, GstVideo, GstWebRTC  # noqa: E402
 
 VP8_CAPS = "application/x-rtp,media=video,encoding-name=VP8,payload=96,clock-rate=90000"
 PUBLISH = (
@@ -90,6 +91,7 @@ class Peer:
         bus.add_signal_watch()
         bus.connect("message::error", self._on_error)
         self._offered = False
+        self.error = ""
 
     # ---- signalling (WHIP/WHEP: one POST of the complete offer, no trickle) ------------------------
     def _on_negotiation_needed(self, webrtc: Gst.Element) -> None:
@@ -146,12 +148,11 @@ class Peer:
 
     def _on_sample(self, sink: Gst.Element) -> Gst.FlowReturn:
         sample = sink.emit("pull-sample")
-        structure = sample.get_caps().get_structure(0)
-        width, height = structure.get_value("width"), structure.get_value("height")
+        video = GstVideo.VideoInfo.new_from_caps(sample.get_caps())
+        width, height, stride = video.width, video.height, video.stride[0]
         buffer = sample.get_buffer()
         ok, info = buffer.map(Gst.MapFlags.READ)
         if ok:
-            stride = (width * 3 + 3) // 4 * 4  # GStreamer's default RGB row alignment
             data = info.data
             sums = [0, 0, 0]
             step = 7  # a sparse sample of pixels is plenty for a mean colour
@@ -178,8 +179,9 @@ class Peer:
         self.fail(f"{error.message} ({debug})")
 
     def fail(self, message: str) -> bool:
-        emit(event="error", message=message)
-        self.ok = False
+        if not self.error:
+            emit(event="error", message=message)
+        self.error, self.ok = message, False
         self.loop.quit()
         return False
 
@@ -214,9 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     Gst.init(None)
     peer = Peer(args.mode, args.url, frames=args.frames, ice_address=args.ice_address, width=args.width,
                 height=args.height, offer_setup=args.offer_setup)
-    ok = peer.run(args.seconds)
-    emit(event="done" if ok else "error", message="" if ok else "did not connect")
-    return 0 if ok else 1
+    if peer.run(args.seconds):
+        emit(event="done")
+        return 0
+    peer.fail("did not connect in time")  # emits only when nothing went wrong before
+    return 1
 
 
 if __name__ == "__main__":

@@ -139,7 +139,9 @@ def test_webrtcbin_publishes_with_whip_and_plays_with_whep(server, tmp_path: Pat
     try:
         connected = wait_event(published, publisher, lambda e: e.get("connection") in ("connected", "failed"), 60)
         assert connected["connection"] == "connected", (published.read_text()[-3000:], log.read_text())
-        whip_id = wait_event(published, publisher, lambda e: e["event"] == "answered", 1)["location"].split("/")[-1]
+        answered = wait_event(published, publisher, lambda e: e["event"] == "answered", 1)
+        assert "a=setup:passive" in answered["answer"]  # the server is the DTLS server
+        whip_id = answered["location"].split("/")[-1]
         # The server gets its frames: with no viewer yet, each is replaced by the next (counted as dropped).
         deadline = time.monotonic() + 30
         while True:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from aiortc import RTCPeerConnection
+
 _MEDIA = re.compile(r"(?m)^(?=m=)")
 _SETUP = re.compile(r"(?m)^a=setup:([A-Za-z]+)\r?$")
 _ACTIVE = re.compile(r"(?m)^a=setup:active(?=\r?$)")
@@ -36,3 +38,13 @@ def prefer_passive_dtls(answer_sdp: str, offer_sdp: str) -> str:
         if i < len(offered) and offered[i] == "actpass":
             media[i] = _ACTIVE.sub("a=setup:passive", section)
     return "".join([session, *media])
+
+
+def dtls_failed(pc: RTCPeerConnection) -> bool:
+    """ICE got through but a DTLS handshake did not (aiortc itself says so only at DEBUG level)."""
+    if pc.iceConnectionState not in ("connected", "completed"):
+        return False
+    transports = [t.receiver.transport for t in pc.getTransceivers()]
+    if pc.sctp is not None:
+        transports.append(pc.sctp.transport)
+    return any(t.state == "failed" for t in transports)

@@ -25,7 +25,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from streamer.control import LIVE_PARAMS, validate_params
 from streamer.frames import Frame
-from streamer.server.dtls import prefer_passive_dtls
+from streamer.server.dtls import dtls_failed, prefer_passive_dtls
 from streamer.server.metrics import ServerMetrics, StreamStats
 from streamer.worker import GpuWorker
 
@@ -431,16 +431,6 @@ class SessionManager:
         if session.stylizes:
             self.worker.remove_stream(session.stream_id)
         log.info("session %s (%s) closed", session.id, session.kind)
-
-
-def dtls_failed(pc: RTCPeerConnection) -> bool:
-    """ICE got through but a DTLS handshake did not (aiortc itself says so only at DEBUG level)."""
-    if pc.iceConnectionState not in ("connected", "completed"):
-        return False
-    transports = [t.receiver.transport for t in pc.getTransceivers()]
-    if pc.sctp is not None:
-        transports.append(pc.sctp.transport)
-    return any(t.state == "failed" for t in transports)
 
 
 async def _drain(track: MediaStreamTrack) -> None:
