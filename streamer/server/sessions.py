@@ -20,6 +20,7 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from streamer.control import LIVE_PARAMS, validate_params
+from streamer.server.dtls import dtls_failed, prefer_passive_dtls
 from streamer.server.ice import expire_consent_after, ice_configuration, restrict_host_candidates
 from streamer.server.metrics import ServerMetrics, StreamStats
 from streamer.server.sdp import OfferError, check_sdp
@@ -225,6 +226,8 @@ class SessionManager:
         except Exception as exc:  # noqa: BLE001 - aiortc raises many types on bad SDP
             raise OfferError(f"malformed SDP offer: {exc or type(exc).__name__}") from None
         answer = await session.pc.createAnswer()
+        # aiortc as DTLS server, so that peers with RSA certificates (GStreamer's webrtcbin) can connect.
+        answer = RTCSessionDescription(sdp=prefer_passive_dtls(answer.sdp, offer_sdp), type=answer.type)
         await session.pc.setLocalDescription(answer)  # also waits for ICE gathering: no trickle needed
 
     # ---- running sessions ------------------------------------------------------------------------
@@ -247,6 +250,9 @@ class SessionManager:
         async def on_state() -> None:
             if session.pc.connectionState == "connected":
                 session.connected = True
+            if session.pc.connectionState == "failed" and dtls_failed(session.pc):
+                log.warning("session %s (%s): DTLS handshake failed after ICE connected (the peer's certificate "
+                            "or cipher suites may be incompatible); closing", session.id, session.kind)
             if session.pc.connectionState in ("failed", "closed"):
                 await self.close(session.id)
 
