@@ -25,6 +25,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from streamer.control import LIVE_PARAMS, validate_params
 from streamer.frames import Frame
+from streamer.server.bodies import loads_object
 from streamer.server.metrics import ServerMetrics, StreamStats
 from streamer.worker import GpuWorker
 
@@ -383,8 +384,8 @@ class SessionManager:
         @channel.on("message")
         async def on_message(message: Any) -> None:
             try:
-                data = json.loads(message)
-                if not isinstance(data, dict) or data.get("type", "params") != "params":
+                data = loads_object(message, "message")
+                if data.get("type", "params") != "params":
                     raise ValueError("messages must be JSON objects with \"type\": \"params\"")
                 applied = await self.apply_params(session.id, data)
                 reply = {"type": "params", "ok": True, "params": applied}
