@@ -128,10 +128,11 @@ def run(args: argparse.Namespace) -> int:
     control_port = int(pick("control_port", 0))
     if not 0 <= control_port <= 65535:
         raise ValueError(f"--control-port must be 0-65535, got {control_port}")
-    if not control_port and (args.token is not None or args.token_file is not None or args.allow_host):
+    token, token_file, allow_hosts = (getattr(args, name, None) for name in ("token", "token_file", "allow_host"))
+    if not control_port and (token is not None or token_file is not None or allow_hosts):
         raise ValueError("--token, --token-file and --allow-host protect the control port; add --control-port N")
-    args.control_token = token_from_args(args.token, args.token_file) if control_port else None
-    allowed_host_names(args.allow_host)
+    args.control_token = token_from_args(token, token_file) if control_port else None
+    args.allow_host = allowed_host_names(allow_hosts or [])
     config = pipeline_config_from_args(args)
     _check_writable("--stats", pick("stats"))
 
