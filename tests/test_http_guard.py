@@ -27,6 +27,7 @@ from pipelines.passthrough import PassthroughPipeline
 from streamer.control import LiveParams
 from streamer.control_http import ControlServer
 from streamer.server.app import ServerOptions, create_app
+from streamer.server.auth import Access
 from streamer.server.bodies import loads_object
 from streamer.server.listen import start_http
 from streamer.worker import GpuWorker
@@ -462,3 +463,16 @@ def test_safe_json_reader_limits() -> None:
                         ("{", "not valid JSON"), (b"\xff", "UTF-8")):
         with pytest.raises(ValueError, match=words):
             loads_object(text)
+
+
+def test_allow_host_adds_a_name_and_a_wildcard_bind_takes_addresses_only() -> None:
+    async def scenario() -> None:
+        async with serving(allow_hosts=["Studio.Local"]) as port:
+            for host, status in (("studio.local", 200), (f"STUDIO.local:{port}", 200), ("gpu-box", 421),
+                                 ("studio.local.attacker.example", 421), ("192.168.1.5", 421)):
+                assert (await asyncio.to_thread(call, port, "GET", "/config", host=host))[0] == status, host
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    everywhere = Access(bound_host="0.0.0.0")
+    assert everywhere.host_allowed("192.168.1.5:8080") and everywhere.host_allowed("[fe80::1]:8080")
+    assert not everywhere.host_allowed("gpu-box:8080") and not everywhere.host_allowed("a b")
