@@ -1,4 +1,4 @@
-"""Change prompt, strength, seed and smoothing while a stream runs: checks, terminal lines, a local HTTP API.
+"""Change prompt, strength, seed and smoothing while a stream runs: checks, terminal lines (HTTP: control_http).
 
 ``validate_params`` is the one place live parameters are checked (the WebRTC server uses it too); every
 change reaches the model through ``GpuWorker.update`` on the worker thread.
@@ -11,8 +11,6 @@ import logging
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TextIO
 
 from pydantic import ValidationError
@@ -23,7 +21,6 @@ from pipelines.frames import LIVE_PARAMS
 log = logging.getLogger(__name__)
 
 MAX_PROMPT_CHARS = 2000
-MAX_BODY_BYTES = 64 * 1024
 UPDATE_TIMEOUT_S = 30.0
 
 COMMAND_HELP = ("commands: prompt TEXT | negative_prompt TEXT | strength 0-1 | seed N | steps N | "
@@ -165,100 +162,6 @@ class LiveParams:
                     else:
                         self._current[key] = value
                 return dict(self._current)
-
-
-def _json_response(handler: BaseHTTPRequestHandler, status: int, body: Any, content_type: str = "") -> None:
-    data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-    handler.send_response(status)
-    handler.send_header("Content-Type", content_type or "application/json")
-    handler.send_header("Content-Length", str(len(data)))
-    handler.end_headers()
-    handler.wfile.write(data)
-
-
-class ControlServer:
-    """GET/POST /params, GET /stats (JSON), GET /metrics (Prometheus) on 127.0.0.1, on its own thread.
-
-    ``port=0`` lets the system choose (see ``.port``). Only the local machine can reach it.
-    """
-
-    def __init__(self, params: LiveParams, port: int, *, stats: Any = None, host: str = "127.0.0.1") -> None:
-        self.params = params
-        self.stats = stats
-        handler = self._handler_class()
-        try:
-            self._server = ThreadingHTTPServer((host, port), handler)
-        except OSError as exc:
-            raise ValueError(f"cannot listen on {host}:{port} for control ({exc.strerror}); "
-                             "choose another --control-port") from None
-        self._server.daemon_threads = True
-        self.port = int(self._server.server_address[1])
-        self.url = f"http://{host}:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="control-http", daemon=True)
-
-    def start(self) -> ControlServer:
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            self._server.shutdown()
-            self._thread.join(5)
-        self._server.server_close()
-
-    def __enter__(self) -> ControlServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base
-                log.debug("control: " + format, *args)
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                path = self.path.split("?", 1)[0]
-                if path == "/params":
-                    _json_response(self, HTTPStatus.OK, server.params.current)
-                elif path == "/stats" and server.stats is not None:
-                    _json_response(self, HTTPStatus.OK, server.stats.snapshot())
-                elif path == "/metrics" and server.stats is not None:
-                    _json_response(self, HTTPStatus.OK, server.stats.prometheus(),
-                                   "text/plain; version=0.0.4")
-                else:
-                    _json_response(self, HTTPStatus.NOT_FOUND, {"error": f"no route {path}; try /params"})
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                if self.path.split("?", 1)[0] != "/params":
-                    _json_response(self, HTTPStatus.NOT_FOUND, {"error": "POST goes to /params"})
-                    return
-                try:
-                    length = int(self.headers.get("Content-Length") or 0)
-                except ValueError:
-                    length = -1
-                if length < 0:
-                    _json_response(self, HTTPStatus.BAD_REQUEST, {"error": "bad Content-Length"})
-                    return
-                if length > MAX_BODY_BYTES:
-                    _json_response(self, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "body too large"})
-                    return
-                try:
-                    changes = json.loads(self.rfile.read(length) or b"{}")
-                    applied = server.params.apply(changes)
-                except json.JSONDecodeError as exc:
-                    _json_response(self, HTTPStatus.BAD_REQUEST, {"error": f"body is not JSON: {exc.msg}"})
-                except ValueError as exc:
-                    _json_response(self, HTTPStatus.BAD_REQUEST, {"error": str(exc)})
-                except Exception as exc:  # noqa: BLE001 - the pipeline refused; tell the client why
-                    log.warning("control: update failed: %s", exc)
-                    _json_response(self, HTTPStatus.INTERNAL_SERVER_ERROR, {"error": str(exc)})
-                else:
-                    _json_response(self, HTTPStatus.OK, applied)
-
-        return Handler
 
 
 class TerminalControl:

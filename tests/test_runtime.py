@@ -17,12 +17,12 @@ import pytest
 
 from pipelines.passthrough import PassthroughPipeline
 from streamer.control import (
-    ControlServer,
     LiveParams,
     TerminalControl,
     parse_command,
     validate_params,
 )
+from streamer.control_http import ControlServer
 from streamer.frames import Frame
 from streamer.runtime import BoundedSlot, Runtime
 from streamer.sinks.av_sink import AvSink
@@ -324,7 +324,7 @@ def _http(method: str, url: str, body: dict | None = None) -> tuple[int, dict | 
             raw, status, kind = response.read().decode(), response.status, response.headers["Content-Type"]
     except urllib.error.HTTPError as exc:
         raw, status, kind = exc.read().decode(), exc.code, exc.headers["Content-Type"]
-    return status, json.loads(raw) if kind == "application/json" else raw
+    return status, json.loads(raw) if kind.startswith("application/json") else raw
 
 
 def test_http_control_reaches_the_pipeline_while_running(tmp_path: Path) -> None:

@@ -207,9 +207,11 @@ def test_token_limits_and_bad_requests() -> None:
                 async with http.post(f"{base}/whip", headers={**AUTH, "Content-Type": "text/plain"},
                                      data="v=0") as response:
                     assert response.status == 415
-                async with http.post(f"{base}/offer", headers=AUTH, data=b"x" * 100_000) as response:
+                async with http.post(f"{base}/offer", headers={**AUTH, "Content-Type": "application/json"},
+                                     data=b"x" * 100_000) as response:
                     assert response.status == 413
-                async with http.post(f"{base}/offer", headers=AUTH, data=b"{not json") as response:
+                async with http.post(f"{base}/offer", headers={**AUTH, "Content-Type": "application/json"},
+                                     data=b"{not json") as response:
                     assert response.status == 400
                 async with http.get(f"{base}/metrics", headers=AUTH) as response:
                     assert response.status == 200

@@ -17,6 +17,7 @@ from typing import Any
 
 from pipelines.presets import read_yaml
 from streamer.config import add_pipeline_args, pipeline_config_from_args
+from streamer.server.auth import add_access_arguments, allowed_host_names, token_from_args
 
 EXAMPLES = """examples:
   streamer run --source webcam:0 --sink virtualcam --prompt "a watercolor painting"
@@ -31,7 +32,8 @@ Ctrl-C or SIGTERM stops cleanly: the frame in flight finishes, every sink is clo
 exit status 0. A second Ctrl-C abandons the clean stop (130). Anything that cannot be opened: one line, exit 2.
 
 live control: type 'prompt a watercolor', 'strength 0.6', 'seed 3' or 'smoothing off' (when stdin is a
-terminal or with --control-stdin), or POST JSON to http://127.0.0.1:PORT/params with --control-port.
+terminal or with --control-stdin), or POST JSON (Content-Type: application/json) to
+http://127.0.0.1:PORT/params with --control-port (--token, --token-file or $STREAMER_TOKEN to require a token).
 """
 
 SOURCE_KEYS = ("spec", "width", "height", "fps", "realtime", "loop", "transport", "timeout")
@@ -65,6 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--progress", action="store_true", help="show the live status line even when not a terminal")
     run.add_argument("--control-port", type=int, default=None, metavar="N",
                      help="HTTP control on 127.0.0.1:N (GET/POST /params, GET /stats, /metrics); 0 = off")
+    add_access_arguments(run, "the control port")
     run.add_argument("--control-stdin", action="store_true",
                      help="read control commands from stdin even when it is not a terminal")
     add_pipeline_args(parser)
@@ -125,6 +128,11 @@ def run(args: argparse.Namespace) -> int:
     control_port = int(pick("control_port", 0))
     if not 0 <= control_port <= 65535:
         raise ValueError(f"--control-port must be 0-65535, got {control_port}")
+    token, token_file, allow_hosts = (getattr(args, name, None) for name in ("token", "token_file", "allow_host"))
+    if not control_port and (token is not None or token_file is not None or allow_hosts):
+        raise ValueError("--token, --token-file and --allow-host protect the control port; add --control-port N")
+    args.control_token = token_from_args(token, token_file) if control_port else None
+    args.allow_host = allowed_host_names(allow_hosts or [])
     config = pipeline_config_from_args(args)
     _check_writable("--stats", pick("stats"))
 
@@ -147,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_opened(args: argparse.Namespace, source: Any, sinks: list, config: Any, pipeline: Any, pick: Any,
                 control_port: int) -> int:
-    from streamer.control import ControlServer, LiveParams, TerminalControl, initial_params
+    from streamer.control import LiveParams, TerminalControl, initial_params
+    from streamer.control_http import ControlServer
     from streamer.runtime import Runtime
     from streamer.stats import RunStats
     from streamer.worker import GpuWorker
@@ -160,7 +169,8 @@ def _run_opened(args: argparse.Namespace, source: Any, sinks: list, config: Any,
     try:
         params = LiveParams(worker, ["default"], initial_params(config))
         if control_port:
-            server = ControlServer(params, control_port, stats=stats).start()
+            server = ControlServer(params, control_port, stats=stats, token=args.control_token,
+                                   allow_hosts=args.allow_host).start()
             print(f"streamer: control on {server.url}/params", file=sys.stderr, flush=True)
         if args.control_stdin or sys.stdin.isatty():
             TerminalControl(params).start()

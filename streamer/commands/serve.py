@@ -7,18 +7,19 @@ import argparse
 from pathlib import Path
 
 from streamer.config import add_pipeline_args, pipeline_config_from_args
+from streamer.server.auth import add_access_arguments, token_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = ("Open http://HOST:PORT/ in a browser (add ?token=T with --token). OBS: publish with WHIP "
-                     "to http://HOST:PORT/whip (Bearer token = T), play the result with WHEP from /whep or "
-                     "add /watch as a Browser Source.")
+    parser.epilog = ("Open http://HOST:PORT/ in a browser (add ?token=T with a token: the page keeps it in a "
+                     "cookie). OBS: publish with WHIP to http://HOST:PORT/whip (Bearer token = T), play the "
+                     "result with WHEP from /whep or add /watch as a Browser Source. Reached by a name other "
+                     "than HOST or localhost: add --allow-host NAME.")
     g = parser.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; another address needs --token or --insecure)")
     g.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 = any free port)")
-    g.add_argument("--token", default=None,
-                   help="require 'Authorization: Bearer TOKEN' on signalling, controls and /metrics")
+    add_access_arguments(g, "signalling, controls and /metrics")
     g.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without --token")
     g.add_argument("--max-sessions", type=int, default=4,
                    help="most stylized streams at once (browser + WHIP); more get 503 (default 4)")
@@ -48,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from streamer.server.app import ServerOptions, run_server
 
     options = ServerOptions(
-        host=args.host, port=args.port, token=args.token, insecure=args.insecure,
+        host=args.host, port=args.port, token=token_from_args(args.token, args.token_file),
+        insecure=args.insecure, allow_hosts=args.allow_host,
         max_sessions=args.max_sessions, max_viewers=args.max_viewers, idle_timeout=args.idle_timeout,
         connect_timeout=args.connect_timeout,
         ice_servers=args.ice_server, ice_username=args.ice_username, ice_credential=args.ice_credential,

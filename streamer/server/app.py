@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 import ssl
@@ -17,7 +16,9 @@ from aiohttp import web
 
 from pipelines.frames import FramePipeline
 from streamer.server import whip
-from streamer.server.auth import check_bind, token_middleware
+from streamer.server.auth import PUBLIC_PATHS, PUBLIC_PREFIXES, Access, allowed_host_names, check_bind
+from streamer.server.bodies import READ_TIMEOUT, read_json
+from streamer.server.listen import start_http
 from streamer.server.metrics import ServerMetrics
 from streamer.server.sessions import (
     CapacityError,
@@ -42,6 +43,9 @@ class ServerOptions:
     port: int = 8080
     token: str | None = None
     insecure: bool = False
+    allow_hosts: list[str] = field(default_factory=list)  # Host names answered besides the bound address
+    read_timeout: float = READ_TIMEOUT  # seconds for a request's headers, and again for its body
+    max_connections: int = 256
     max_sessions: int = 4
     max_viewers: int = 32
     idle_timeout: float = 10.0
@@ -60,6 +64,7 @@ class ServerOptions:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port must be 0-65535, got {self.port}")
         check_bind(self.host, self.token, self.insecure)
+        allowed_host_names(self.allow_hosts)
         if (self.cert is None) != (self.key is None):
             raise ValueError("HTTPS needs both --cert FILE and --key FILE")
         for flag, path in (("--cert", self.cert), ("--key", self.key)):
@@ -94,16 +99,6 @@ async def errors_middleware(request: web.Request,
         raise web.HTTPBadRequest(text=f"{exc}\n") from None
 
 
-async def read_json(request: web.Request) -> dict[str, Any]:
-    try:
-        data = json.loads(await request.text())
-    except json.JSONDecodeError as exc:
-        raise web.HTTPBadRequest(text=f"body is not valid JSON: {exc}\n") from None
-    if not isinstance(data, dict):
-        raise web.HTTPBadRequest(text="body must be a JSON object\n")
-    return data
-
-
 def create_app(options: ServerOptions, worker: GpuWorker, metrics: ServerMetrics | None = None,
                source_feed: SourceFeed | None = None) -> web.Application:
     metrics = metrics or ServerMetrics()
@@ -113,8 +108,10 @@ def create_app(options: ServerOptions, worker: GpuWorker, metrics: ServerMetrics
                              connect_timeout=options.connect_timeout)
     if source_feed is not None:
         manager.add_source(source_feed)
-    app = web.Application(middlewares=[token_middleware(options.token), errors_middleware],
-                          client_max_size=options.max_body)
+    access = Access(token=options.token, bound_host=options.host,
+                    allow_hosts=allowed_host_names(options.allow_hosts), public_paths=PUBLIC_PATHS,
+                    public_prefixes=PUBLIC_PREFIXES)
+    app = web.Application(middlewares=[access.middleware(), errors_middleware], client_max_size=options.max_body)
 
     async def page(request: web.Request) -> web.FileResponse:
         name = "watch.html" if request.path == "/watch" else "index.html"
@@ -217,15 +214,8 @@ async def _serve(options: ServerOptions, worker: GpuWorker, metrics: ServerMetri
     loop = asyncio.get_running_loop()
     feed = SourceFeed(source, loop) if source is not None else None
     app = create_app(options, worker, metrics, feed)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0)
-    await runner.setup()
-    site = web.TCPSite(runner, options.host, options.port, ssl_context=context)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise ValueError(f"cannot listen on {options.host}:{options.port}: {exc.strerror or exc}") from None
-    port = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else options.port
+    runner, port = await start_http(app, options.host, options.port, ssl_context=context,
+                                    read_timeout=options.read_timeout, max_connections=options.max_connections)
     scheme = "https" if context else "http"
     host = f"[{options.host}]" if ":" in options.host else options.host
     print(f"streamer: serving on {scheme}://{host}:{port}/  (viewer: /watch, WHIP: /whip, WHEP: /whep, "

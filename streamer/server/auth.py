@@ -1,16 +1,34 @@
-"""Who may talk to the server: loopback by default, a bearer token for everything that is not a static page."""
+"""Who may talk to a server (`streamer serve` and `streamer run --control-port`), checked in one middleware.
+
+Loopback by default. Every request must name this server in its Host header (a DNS-rebinding page names
+its own domain), a browser request to anything but the static pages must come from the server's own page
+(Origin, Sec-Fetch-Site), and with a token every such request must carry it: ``Authorization: Bearer T``
+(any case of "Bearer") or the HttpOnly cookie the page at ``/?token=T`` sets.
+"""
 
 from __future__ import annotations
 
+import argparse
 import hmac
 import ipaddress
+import os
+import re
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
 PUBLIC_PATHS = ("/", "/watch", "/favicon.ico")
 PUBLIC_PREFIXES = ("/static/",)
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+TOKEN_ENV = "STREAMER_TOKEN"
+TOKEN_COOKIE = "streamer_token"
+TOKEN_CHARS = re.compile(r"[A-Za-z0-9._~+/=-]+")  # RFC 6750 b64token: safe in a header and in a cookie
+HOST_HEADER = re.compile(r"\[(?P<v6>[0-9a-fA-F:.]+)\](?::\d{1,5})?|(?P<name>[^:\[\]\s]+)(?::\d{1,5})?")
+TOKEN_QUERY = re.compile(r"(?i)(token=)[^&\s]*")
 
 
 def is_loopback_host(host: str) -> bool:
@@ -34,20 +52,137 @@ def check_bind(host: str, token: str | None, insecure: bool) -> None:
                          "the GPU and your camera stream); add --token SECRET, or --insecure if you mean it")
 
 
-def token_middleware(token: str | None) -> Callable:
-    """401 for every signalling, control and metrics request without ``Authorization: Bearer <token>``."""
-    expected = f"Bearer {token}".encode() if token else None
+def redact(text: str) -> str:
+    """``token=...`` in a logged URL becomes ``token=[redacted]``."""
+    return TOKEN_QUERY.sub(r"\1[redacted]", text)
 
-    @web.middleware
-    async def middleware(request: web.Request,
-                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-        if expected is None or request.method == "OPTIONS" or request.path in PUBLIC_PATHS \
-                or request.path.startswith(PUBLIC_PREFIXES):
+
+def shown(text: str, limit: int = 80) -> str:
+    """A client's header value, safe to put in a one-line answer or a log line."""
+    text = text.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+    return repr(text[:limit] + ("..." if len(text) > limit else ""))
+
+
+# ---- flags and token sources, the same for both servers ------------------------------------------------
+
+def add_access_arguments(group: argparse._ArgumentGroup, what: str) -> None:
+    """--token, --token-file, --allow-host for a server (``what`` names it in the help)."""
+    group.add_argument("--token", default=None,
+                       help=f"require this token on {what}: 'Authorization: Bearer TOKEN' or the cookie the "
+                            f"page at /?token=TOKEN sets (also from --token-file or ${TOKEN_ENV})")
+    group.add_argument("--token-file", type=Path, default=None, metavar="FILE",
+                       help="read the token from this file (keeps it out of the process list)")
+    group.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                       help="also answer requests for this host name, repeatable (the bound address and "
+                            "localhost/127.0.0.1/[::1] always work)")
+
+
+def check_token(token: str, source: str) -> str:
+    if not TOKEN_CHARS.fullmatch(token):
+        raise ValueError(f"the token from {source} may hold only letters, digits and - . _ ~ + / = "
+                         "(and must not be empty)")
+    return token
+
+
+def token_from_args(token: str | None, token_file: Path | None) -> str | None:
+    """--token, else --token-file, else $STREAMER_TOKEN, else None. ValueError (one line) if unusable."""
+    if token is not None and token_file is not None:
+        raise ValueError("give --token or --token-file, not both")
+    if token is not None:
+        return check_token(token, "--token")
+    if token_file is not None:
+        try:
+            text = Path(token_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+            raise ValueError(f"--token-file {token_file}: {reason}") from None
+        return check_token(text.strip(), f"--token-file {token_file}")
+    if os.environ.get(TOKEN_ENV):
+        return check_token(os.environ[TOKEN_ENV].strip(), f"${TOKEN_ENV}")
+    return None
+
+
+def allowed_host_names(allow_hosts: Sequence[str]) -> list[str]:
+    """--allow-host values as compared with Host headers; ValueError for one that is not a host name."""
+    names = []
+    for value in allow_hosts:
+        match = HOST_HEADER.fullmatch(value.strip())
+        if not match:
+            raise ValueError(f"--allow-host takes a host name such as studio.local, got {value!r}")
+        names.append((match["v6"] or match["name"]).lower())
+    return names
+
+
+# ---- the middleware ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Access:
+    """The rules of one server. ``public_paths``/``public_prefixes``: static pages anyone may load."""
+
+    token: str | None = None
+    bound_host: str = "127.0.0.1"
+    allow_hosts: Sequence[str] = ()  # as allowed_host_names returns them
+    public_paths: Sequence[str] = ()
+    public_prefixes: Sequence[str] = ()
+
+    def host_allowed(self, header: str | None) -> bool:
+        if header is None:
+            return True  # an HTTP/1.0 client without Host: not a browser, so no rebinding
+        match = HOST_HEADER.fullmatch(header)
+        if not match:
+            return False
+        name = (match["v6"] or match["name"]).lower()
+        bound = self.bound_host.strip("[]").lower()
+        if name in LOOPBACK_NAMES or name == bound or name in self.allow_hosts:
+            return True
+        if bound in WILDCARD_HOSTS:  # listening everywhere: any address works; an IP cannot be rebound
+            try:
+                ipaddress.ip_address(name)
+                return True
+            except ValueError:
+                return False
+        return False
+
+    def is_public(self, request: web.Request) -> bool:
+        return request.path in self.public_paths or request.path.startswith(tuple(self.public_prefixes))
+
+    def token_given(self, request: web.Request) -> bool:
+        assert self.token is not None
+        expected = self.token.encode()
+        scheme, _, value = request.headers.get("Authorization", "").strip().partition(" ")
+        given = [value.strip()] if scheme.lower() == "bearer" else []
+        given.append(request.cookies.get(TOKEN_COOKIE, ""))
+        return any(hmac.compare_digest(g.encode("utf-8", "surrogateescape"), expected) for g in given if g)
+
+    def middleware(self) -> Callable:
+        @web.middleware
+        async def guard(request: web.Request,
+                        handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+            host = request.headers.get("Host")
+            if not self.host_allowed(host):
+                raise web.HTTPMisdirectedRequest(
+                    text=f"Host {shown(host or '')} is not this server; start it with --allow-host NAME to "
+                         "answer to that name\n")
+            if self.is_public(request):
+                response = await handler(request)
+                if self.token and request.query.get("token") and self._query_token_matches(request):
+                    response.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="Strict",
+                                        secure=request.secure, path="/")
+                return response
+            origin = request.headers.get("Origin")
+            if origin is not None and (host is None or origin.lower() != f"{request.scheme}://{host}".lower()):
+                raise web.HTTPForbidden(text=f"requests from other sites are refused (Origin {shown(origin)})\n")
+            if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+                raise web.HTTPForbidden(text="requests from other sites are refused (Sec-Fetch-Site)\n")
+            if self.token and request.method != "OPTIONS" and not self.token_given(request):
+                raise web.HTTPUnauthorized(
+                    text="missing or wrong token: send 'Authorization: Bearer <token>'\n",
+                    headers={"WWW-Authenticate": "Bearer"})
             return await handler(request)
-        given = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            raise web.HTTPUnauthorized(text="missing or wrong token: send 'Authorization: Bearer <token>'\n",
-                                       headers={"WWW-Authenticate": "Bearer"})
-        return await handler(request)
 
-    return middleware
+        return guard
+
+    def _query_token_matches(self, request: web.Request) -> bool:
+        assert self.token is not None
+        given = request.query.get("token", "").encode("utf-8", "surrogateescape")
+        return hmac.compare_digest(given, self.token.encode())

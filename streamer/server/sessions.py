@@ -20,6 +20,7 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from streamer.control import LIVE_PARAMS, validate_params
+from streamer.server.bodies import loads_object
 from streamer.server.dtls import dtls_failed, prefer_passive_dtls
 from streamer.server.ice import expire_consent_after, ice_configuration, restrict_host_candidates
 from streamer.server.metrics import ServerMetrics, StreamStats
@@ -279,8 +280,8 @@ class SessionManager:
         @channel.on("message")
         async def on_message(message: Any) -> None:
             try:
-                data = json.loads(message)
-                if not isinstance(data, dict) or data.get("type", "params") != "params":
+                data = loads_object(message, "message")
+                if data.get("type", "params") != "params":
                     raise ValueError("messages must be JSON objects with \"type\": \"params\"")
                 applied = await self.apply_params(session.id, data)
                 reply = {"type": "params", "ok": True, "params": applied}

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from streamer.server.bodies import SDP_TYPE, read_text
 from streamer.server.sessions import SessionManager
-
-SDP_TYPE = "application/sdp"
 
 
 async def read_sdp(request: web.Request) -> str:
-    if request.content_type != SDP_TYPE:
-        raise web.HTTPUnsupportedMediaType(text=f"send the offer as Content-Type: {SDP_TYPE}\n")
-    return await request.text()
+    return await read_text(request, SDP_TYPE)
 
 
 def created(resource: str, sdp: str) -> web.Response:

@@ -1,11 +1,10 @@
 // The camera page: send the camera over WebRTC, play the stylized video that comes back, change the
 // prompt, strength, seed and smoothing live over a data channel (POST /sessions/{id}/params before it opens).
-// ?token=T is sent as "Authorization: Bearer T" on every request.
+// ?token=T: the server set a cookie with it when it sent this page; every request here carries the cookie.
 (function () {
   "use strict";
   const $ = (id) => document.getElementById(id);
-  const token = new URLSearchParams(location.search).get("token");
-  const headers = token ? { Authorization: "Bearer " + token } : {};
+  const headers = {};
   // Read by the tests and handy in the console.
   const state = window.streamer = { sessionId: null, connectionState: "new", stats: null, lastReply: null,
                                     pc: null, channel: null };
