@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_opened(args: argparse.Namespace, source: Any, sinks: list, config: Any, pipeline: Any, pick: Any,
                 control_port: int) -> int:
-    from streamer.control import ControlServer, LiveParams, TerminalControl, initial_params
+    from streamer.control import ControlServer, ParamsController, TerminalControl, initial_params
     from streamer.runtime import Runtime
     from streamer.stats import RunStats
     from streamer.worker import GpuWorker
@@ -158,7 +158,7 @@ def _run_opened(args: argparse.Namespace, source: Any, sinks: list, config: Any,
     worker = GpuWorker(pipeline, on_batch=stats.batch)
     server = None
     try:
-        params = LiveParams(worker, ["default"], initial_params(config))
+        params = ParamsController(worker, ["default"], initial_params(config))
         if control_port:
             server = ControlServer(params, control_port, stats=stats).start()
             print(f"streamer: control on {server.url}/params", file=sys.stderr, flush=True)

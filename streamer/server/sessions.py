@@ -23,7 +23,8 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from streamer.control import LIVE_PARAMS, validate_params
+from pipelines.config import LiveParams
+from pipelines.frames import LIVE_PARAMS
 from streamer.frames import Frame
 from streamer.server.metrics import ServerMetrics, StreamStats
 from streamer.worker import GpuWorker
@@ -436,11 +437,11 @@ async def _drain(track: MediaStreamTrack) -> None:
 
 
 def live_params(data: Any) -> dict[str, Any]:
-    """The shared checks of streamer.control, plus: a message's "type" key is not a parameter, and an
-    empty change is an error rather than a silent no-op."""
+    """The one check of live parameters (LiveParams), plus: a message's "type" key is not a parameter, and
+    an empty change is an error rather than a silent no-op."""
     if isinstance(data, dict):
         data = {k: v for k, v in data.items() if k != "type"}
-    params = validate_params(data)
+    params = LiveParams.parse(data).changes()
     if not params:
         raise ValueError(f"no parameters given; send some of: {', '.join(LIVE_PARAMS)}")
     return params
