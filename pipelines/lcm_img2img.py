@@ -144,19 +144,13 @@ class StreamPipeline:
 
     def set_prompt(self, prompt: str, negative_prompt: str | None = None,
                    stream_id: str = DEFAULT_STREAM) -> None:
-        change = {"prompt": prompt} if negative_prompt is None else {"prompt": prompt,
-                                                                      "negative_prompt": negative_prompt}
-        self.update(stream_id, **change)
+        self.update(stream_id, prompt=prompt, **({} if negative_prompt is None else {"negative_prompt": negative_prompt}))
 
     def update(self, stream_id: str = DEFAULT_STREAM, **params: Any) -> None:
-        """Change a stream's parameters live (see LiveParams); a new prompt fades in over
-        ``prompt_blend_frames`` frames.
-
-        All or nothing: the change is checked whole (each value, then the schedule its steps and strength
-        make with the stream's), and everything it needs (prompt embedding, schedule, noise) is computed on
-        a copy of the stream before any of it is applied. A refused or failed change leaves the stream
-        exactly as it was (ValueError for a refused one); the next change starts from there.
-        """
+        """Change a stream's parameters live (LiveParams); a new prompt fades in over ``prompt_blend_frames``
+        frames. All or nothing: checked whole (each value, then the schedule of its steps and strength), and
+        computed on a copy of the stream before any of it is applied; a refused (ValueError) or failed change
+        leaves the stream exactly as it was."""
         change = LiveParams.parse(params).changes()
         current = self.streams.get(stream_id)
         state = replace(current) if current is not None else self._new_stream()
@@ -173,8 +167,7 @@ class StreamPipeline:
                       guidance="guidance_scale" in change, blend=True)
         # Everything is computed: apply it. The smoother is the one object the copy shares with the stream.
         if current is None:
-            self.streams[stream_id] = state
-            current = state
+            current = self.streams[stream_id] = state
         else:
             for f in fields(StreamState):
                 setattr(current, f.name, getattr(state, f.name))
