@@ -22,6 +22,7 @@ from pydantic.fields import FieldInfo
 Family = Literal["lcm", "lcm-lora", "turbo", "tiny", "random-sd15", "analytic", "passthrough"]
 
 MAX_PROMPT_CHARS = 2000
+_SMOOTHING_VALUES = "on/off, true/false or a mapping of smoothing settings"
 
 
 def _not_bool(value: Any) -> Any:
@@ -156,8 +157,7 @@ class LiveParams(BaseModel):
                 raise ValueError(explain(exc, SmoothingConfig, prefix="smoothing.", unknown="smoothing setting")
                                  ) from None
             return {name: getattr(checked, name) for name in value}
-        raise ValueError(f"smoothing must be on/off, true/false or a mapping of smoothing settings, "
-                         f"got {_shown(value)}")
+        raise ValueError(f"smoothing must be {_SMOOTHING_VALUES}, got {_shown(value)}")
 
 
 def _number(x: float) -> str:
@@ -196,7 +196,7 @@ def describe(field: FieldInfo) -> str | None:
 
 def _describe_live(name: str) -> str:
     field = PipelineConfig.model_fields.get(name)
-    return (describe(field) if field is not None else None) or "a value"
+    return (describe(field) if field is not None else None) or _SMOOTHING_VALUES
 
 
 def _shown(value: Any) -> str:
