@@ -2,30 +2,66 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from annotated_types import Ge, Gt, Le, Lt, MaxLen
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 
 Family = Literal["lcm", "lcm-lora", "turbo", "tiny", "random-sd15", "analytic", "passthrough"]
+
+MAX_PROMPT_CHARS = 2000
+_SMOOTHING_VALUES = "on/off, true/false or a mapping of smoothing settings"
+
+
+def _not_bool(value: Any) -> Any:
+    # pydantic reads true as 1: a switch given where a number belongs is a mistake, not a number.
+    if isinstance(value, bool):
+        raise ValueError("a number is needed, not true/false")
+    return value
+
+
+_NotBool = BeforeValidator(_not_bool)
+Number = Annotated[float, _NotBool]
+Whole = Annotated[int, _NotBool]
+
+# The ranges of the parameters that change live, shared by a config (PipelineConfig) and a live change
+# (LiveParams): one definition, so both accept and refuse the same values.
+Prompt = Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_PROMPT_CHARS)]
+Strength = Annotated[float, _NotBool, Field(gt=0.0, le=1.0)]
+Steps = Annotated[int, _NotBool, Field(ge=1, le=8)]
+Guidance = Annotated[float, _NotBool, Field(ge=0.0, le=50.0)]
+Seed = Annotated[int, _NotBool, Field(ge=0, le=2**63 - 1)]
 
 
 class SmoothingConfig(BaseModel):
     """Latent temporal smoothing, per stream. ``enabled=False`` leaves only the fixed per-stream noise."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = True
-    input_blend: float = Field(0.6, ge=0.0, lt=1.0, description="weight of the previous input latent where still")
-    output_blend: float = Field(0.5, ge=0.0, lt=1.0, description="weight of the previous output latent where still")
-    motion_threshold: float = Field(0.03, gt=0.0, description="pooled input change (0-1) counted as full motion")
-    skip_similarity: float = Field(0.995, gt=0.0, le=1.0, description="input similarity above which the model is skipped")
-    max_skip: int = Field(3, ge=0, description="most frames in a row re-emitted without running the model")
+    input_blend: Number = Field(0.6, ge=0.0, lt=1.0, description="weight of the previous input latent where still")
+    output_blend: Number = Field(0.5, ge=0.0, lt=1.0, description="weight of the previous output latent where still")
+    motion_threshold: Number = Field(0.03, gt=0.0, description="pooled input change (0-1) counted as full motion")
+    skip_similarity: Number = Field(0.995, gt=0.0, le=1.0, description="input similarity above which the model is skipped")
+    max_skip: Whole = Field(3, ge=0, description="most frames in a row re-emitted without running the model")
     motion_compensation: bool = Field(False, description="warp the previous latents by optical flow before blending")
-    scene_cut_threshold: float = Field(0.12, gt=0.0, description="mean input change (0-1) treated as a cut: state reset")
+    scene_cut_threshold: Number = Field(0.12, gt=0.0, description="mean input change (0-1) treated as a cut: state reset")
 
 
 class PipelineConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     family: Family = "lcm"
     model_id: str | None = Field(None, description="hub id or local folder of the diffusers model")
@@ -34,13 +70,13 @@ class PipelineConfig(BaseModel):
     sdxl: bool = False
     width: int = Field(512, ge=8)
     height: int = Field(512, ge=8)
-    prompt: str = "an oil painting, vivid colours, thick brush strokes"
-    negative_prompt: str = ""
-    strength: float = Field(0.5, gt=0.0, le=1.0)
-    num_inference_steps: int = Field(1, ge=1, le=8)
-    guidance_scale: float = Field(1.0, ge=0.0)
+    prompt: Prompt = "an oil painting, vivid colours, thick brush strokes"
+    negative_prompt: Prompt = ""
+    strength: Strength = 0.5
+    num_inference_steps: Steps = 1
+    guidance_scale: Guidance = 1.0
     original_inference_steps: int = Field(50, ge=1, description="LCM's skipping schedule length")
-    seed: int = 0
+    seed: Seed = 0
     device: str = "auto"
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     prompt_blend_frames: int = Field(4, ge=1, description="frames over which a new prompt fades in")
@@ -66,3 +102,136 @@ class PipelineConfig(BaseModel):
         if self.family == "lcm-lora" and not self.lora_id:
             raise ValueError("family 'lcm-lora' needs lora_id (e.g. latent-consistency/lcm-lora-sdv1-5)")
         return self
+
+
+class LiveParams(BaseModel):
+    """A change of the parameters a stream may change while it runs; only the fields given change.
+
+    Every surface (control port, terminal, the server's data channel and /params, ``update`` of every
+    pipeline) reads a change through ``LiveParams.parse``: the whole change is checked before any of it is
+    applied, with the ranges of PipelineConfig. ``smoothing`` is on/off (a bool or "on", "off", "true",
+    "false") or a mapping of SmoothingConfig settings; it is kept as the mapping of the settings given.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+    prompt: Prompt | None = None
+    negative_prompt: Prompt | None = None
+    strength: Strength | None = None
+    num_inference_steps: Steps | None = None
+    guidance_scale: Guidance | None = None
+    seed: Seed | None = None
+    smoothing: dict[str, Any] | None = None
+
+    @classmethod
+    def parse(cls, data: Any) -> LiveParams:
+        """A mapping of changes (or a LiveParams) -> LiveParams; ValueError of one line names what is wrong."""
+        if isinstance(data, LiveParams):
+            return data
+        if not isinstance(data, Mapping):
+            raise ValueError(f"parameters must be a JSON object, got {type(data).__name__}")
+        for name, value in data.items():
+            if value is None and name in cls.model_fields:  # "not given" is leaving it out, not null
+                raise ValueError(f"{name} must be {_describe_live(name)}, got null")
+        try:
+            return cls.model_validate(dict(data))
+        except ValidationError as exc:
+            raise ValueError(explain(exc, PipelineConfig, unknown="parameter", choices=tuple(cls.model_fields))
+                             ) from None
+
+    def changes(self) -> dict[str, Any]:
+        """The fields given, in their declared order: keyword arguments for ``update``."""
+        return {name: getattr(self, name) for name in type(self).model_fields if name in self.model_fields_set}
+
+    @field_validator("smoothing", mode="before")
+    @classmethod
+    def _smoothing(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return {"enabled": value}
+        if isinstance(value, str) and value.strip().lower() in ("on", "off", "true", "false"):
+            return {"enabled": value.strip().lower() in ("on", "true")}
+        if isinstance(value, Mapping):
+            try:  # the defaults are valid and no setting depends on another: each given value is checked
+                checked = SmoothingConfig.model_validate({**SmoothingConfig().model_dump(), **value})
+            except ValidationError as exc:
+                raise ValueError(explain(exc, SmoothingConfig, prefix="smoothing.", unknown="smoothing setting")
+                                 ) from None
+            return {name: getattr(checked, name) for name in value}
+        raise ValueError(f"smoothing must be {_SMOOTHING_VALUES}, got {_shown(value)}")
+
+
+def _number(x: float) -> str:
+    if isinstance(x, int) and x > 2**32 and (x + 1) & x == 0:
+        return f"2**{(x + 1).bit_length() - 1}-1"
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def describe(field: FieldInfo) -> str | None:
+    """What a field accepts, in words ("a number above 0 and at most 1"); None if there is no simple way."""
+    lower = upper = None
+    most = None
+    for item in field.metadata:
+        if isinstance(item, Gt):
+            lower = f"above {_number(item.gt)}"
+        elif isinstance(item, Ge):
+            lower = f"at least {_number(item.ge)}"
+        elif isinstance(item, Lt):
+            upper = f"below {_number(item.lt)}"
+        elif isinstance(item, Le):
+            upper = f"at most {_number(item.le)}"
+        elif isinstance(item, MaxLen):
+            most = item.max_length
+        elif isinstance(item, StringConstraints) and item.max_length is not None:
+            most = item.max_length
+    if field.annotation is str:
+        return "text" if most is None else f"text of at most {most} characters"
+    if field.annotation not in (int, float):
+        return None
+    kind = "a whole number" if field.annotation is int else "a number"
+    metadata = {type(item) for item in field.metadata}
+    if Ge in metadata and Le in metadata:
+        return f"{kind} from {lower.removeprefix('at least ')} to {upper.removeprefix('at most ')}"
+    return " ".join(part for part in (kind, " and ".join(p for p in (lower, upper) if p)) if part)
+
+
+def _describe_live(name: str) -> str:
+    field = PipelineConfig.model_fields.get(name)
+    return (describe(field) if field is not None else None) or _SMOOTHING_VALUES
+
+
+def _shown(value: Any) -> str:
+    """A value as the user gave it, short: long text by its length, huge numbers by their digits."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"a {len(str(abs(value))) if value.bit_length() < 10_000 else 'many'}-digit number"
+    if isinstance(value, str) and len(value) > 60:
+        return f"{len(value)} characters of text"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def explain(exc: ValidationError, model: type[BaseModel], *, prefix: str = "", unknown: str = "setting",
+            choices: tuple[str, ...] | None = None) -> str:
+    """The first error of a validation, in one line of the user's terms: which value, what it must be."""
+    err = exc.errors(include_url=False)[0]
+    loc = [str(part) for part in err["loc"]]
+    name = prefix + ".".join(loc)
+    owner: type[BaseModel] | None = model
+    field: FieldInfo | None = None
+    for part in loc:  # walk into nested settings (smoothing.input_blend)
+        field = owner.model_fields.get(part) if owner is not None else None
+        if field is None:
+            break
+        owner = field.annotation if isinstance(field.annotation, type) and issubclass(
+            field.annotation, BaseModel) else None
+    if err["type"] == "extra_forbidden":
+        names = choices if choices is not None and len(loc) == 1 else (
+            tuple(owner.model_fields) if owner is not None else ())
+        known = f"; choose from: {', '.join(names)}" if names else ""
+        return f"unknown {unknown} {name!r}{known}"
+    message = str(err["msg"]).removeprefix("Value error, ")
+    what = describe(field) if field is not None and loc else None
+    if what is None:  # a check's own sentence (model checks, smoothing) or an error of a plain field
+        return message if not loc or err["type"] == "value_error" else f"{name}: {message}"
+    return f"{name} must be {what}, got {_shown(err.get('input'))}"

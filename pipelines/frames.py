@@ -7,10 +7,11 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from pipelines.config import LiveParams
+
 DEFAULT_STREAM = "default"
 # What ``FramePipeline.update`` accepts: the parameters a user may change while a stream runs.
-LIVE_PARAMS = ("prompt", "negative_prompt", "strength", "num_inference_steps", "guidance_scale", "seed",
-               "smoothing")
+LIVE_PARAMS = tuple(LiveParams.model_fields)
 
 
 @runtime_checkable
@@ -18,7 +19,8 @@ class FramePipeline(Protocol):
     """uint8 RGB frames (N, H, W, 3) in, the same shape out; one entry of ``stream_ids`` per frame.
 
     Each stream keeps its own prompt, seed, noise and temporal state, so frames of several streams can
-    share one call. ``update`` changes a stream's parameters live (prompt, strength, seed, ...).
+    share one call. ``update`` changes a stream's parameters live (prompt, strength, seed, ...): it reads
+    them with ``LiveParams.parse`` and applies all of them or none (ValueError if refused).
     """
 
     def __call__(self, frames: np.ndarray, stream_ids: Sequence[str] | None = None) -> np.ndarray: ...

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.config import PipelineConfig, SmoothingConfig
-from pipelines.frames import DEFAULT_STREAM, LIVE_PARAMS, check_frames
+from pipelines.config import LiveParams, PipelineConfig, SmoothingConfig
+from pipelines.errors import PipelineError
+from pipelines.frames import DEFAULT_STREAM, check_frames
 from pipelines.loading import ModelComponents, load_components
-from pipelines.schedules import StepScalars, build_schedule, predict_original
+from pipelines.schedules import StepScalars, build_schedule, check_schedule, predict_original
 from pipelines.transfers import HostToDevice, PendingFrames
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,12 @@ class StreamPipeline:
         # LCM-LoRA and Turbo run diffusers' img2img pipelines: their timestep rule, and their CFG.
         self.img2img_semantics = components.family in ("lcm-lora", "turbo")
         self.uses_cfg = self.img2img_semantics
+        try:  # the config's steps and strength must make a schedule, as every live change's must
+            check_schedule(self.scheduler, steps=config.num_inference_steps, strength=config.strength,
+                           img2img_semantics=self.img2img_semantics,
+                           original_inference_steps=config.original_inference_steps)
+        except ValueError as exc:
+            raise PipelineError(f"bad setting: {exc}") from None
         self.scaling_factor = float(getattr(self.vae.config, "scaling_factor", 1.0))
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1) if hasattr(
             self.vae.config, "block_out_channels") else 8
@@ -125,70 +132,57 @@ class StreamPipeline:
     def stream(self, stream_id: str = DEFAULT_STREAM) -> StreamState:
         state = self.streams.get(stream_id)
         if state is None:
-            c = self.config
-            state = StreamState(c.prompt, c.negative_prompt, c.strength, c.num_inference_steps,
-                                c.guidance_scale, c.seed, c.smoothing.model_copy())
-            self._rebuild(state, prompt=True, schedule=True, guidance=True)
-            self.streams[stream_id] = state
+            state = self.streams[stream_id] = self._new_stream()
+        return state
+
+    def _new_stream(self) -> StreamState:
+        c = self.config
+        state = StreamState(c.prompt, c.negative_prompt, c.strength, c.num_inference_steps,
+                            c.guidance_scale, c.seed, c.smoothing.model_copy())
+        self._rebuild(state, prompt=True, schedule=True, guidance=True)
         return state
 
     def set_prompt(self, prompt: str, negative_prompt: str | None = None,
                    stream_id: str = DEFAULT_STREAM) -> None:
-        self.update(stream_id, prompt=prompt, negative_prompt=negative_prompt)
+        self.update(stream_id, prompt=prompt, **({} if negative_prompt is None else {"negative_prompt": negative_prompt}))
 
     def update(self, stream_id: str = DEFAULT_STREAM, **params: Any) -> None:
-        """Change a stream's parameters live; a new prompt fades in over ``prompt_blend_frames`` frames."""
-        unknown = set(params) - set(LIVE_PARAMS)
-        if unknown:
-            raise ValueError(f"unknown parameter(s) {', '.join(sorted(unknown))}; live ones: {', '.join(LIVE_PARAMS)}")
-        params = {k: v for k, v in params.items() if v is not None}
-        state = self.stream(stream_id)
-        if "strength" in params and not 0 < float(params["strength"]) <= 1:
-            raise ValueError(f"strength must be in (0, 1], got {params['strength']}")
-        if "num_inference_steps" in params and not 1 <= int(params["num_inference_steps"]) <= 8:
-            raise ValueError(f"num_inference_steps must be 1-8, got {params['num_inference_steps']}")
-        if "guidance_scale" in params and float(params["guidance_scale"]) < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {params['guidance_scale']}")
-        old = (state.strength, state.num_inference_steps, state.seed)
-        for key in ("prompt", "negative_prompt"):
-            if key in params:
-                setattr(state, key, str(params[key]))
-        if "strength" in params:
-            state.strength = float(params["strength"])
-        if "num_inference_steps" in params:
-            state.num_inference_steps = int(params["num_inference_steps"])
-        if "seed" in params:
-            state.seed = int(params["seed"])
-        if "guidance_scale" in params:
-            state.guidance_scale = float(params["guidance_scale"])
-        if "smoothing" in params:
-            value = params["smoothing"]
-            if isinstance(value, bool):
-                value = {"enabled": value}
-            if isinstance(value, str):
-                value = {"enabled": value.lower() in ("on", "true", "1")}
-            was_enabled = state.smoothing.enabled
-            state.smoothing = SmoothingConfig.model_validate({**state.smoothing.model_dump(), **dict(value)})
-            if state.smoother is not None:
-                state.smoother.config = state.smoothing
-                if state.smoothing.enabled != was_enabled:
-                    state.smoother.reset()  # never blend with latents from before it was switched off
-        self._rebuild(state, prompt="prompt" in params or "negative_prompt" in params,
-                      schedule=old != (state.strength, state.num_inference_steps, state.seed),
-                      guidance="guidance_scale" in params, blend=True)
+        """Change a stream's parameters live (LiveParams); a new prompt fades in over ``prompt_blend_frames``
+        frames. All or nothing: checked whole (each value, then the schedule of its steps and strength), and
+        computed on a copy of the stream before any of it is applied; a refused (ValueError) or failed change
+        leaves the stream exactly as it was."""
+        change = LiveParams.parse(params).changes()
+        current = self.streams.get(stream_id)
+        state = replace(current) if current is not None else self._new_stream()
+        before = (state.strength, state.num_inference_steps, state.seed)
+        was_enabled = state.smoothing.enabled
+        for key in ("prompt", "negative_prompt", "strength", "num_inference_steps", "guidance_scale", "seed"):
+            if key in change:
+                setattr(state, key, change[key])
+        if "smoothing" in change:
+            state.smoothing = SmoothingConfig.model_validate({**state.smoothing.model_dump(),
+                                                              **change["smoothing"]})
+        schedule = before != (state.strength, state.num_inference_steps, state.seed)
+        self._rebuild(state, prompt="prompt" in change or "negative_prompt" in change, schedule=schedule,
+                      guidance="guidance_scale" in change, blend=True)
+        # Everything is computed: apply it. The smoother is the one object the copy shares with the stream.
+        if current is None:
+            current = self.streams[stream_id] = state
+        else:
+            for f in fields(StreamState):
+                setattr(current, f.name, getattr(state, f.name))
+        if current.smoother is not None:
+            current.smoother.config = current.smoothing
+            # Never blend with latents made with other noise, or from before smoothing was switched off.
+            if schedule or current.smoothing.enabled != was_enabled:
+                current.smoother.reset()
 
     def remove_stream(self, stream_id: str) -> None:
         self.streams.pop(stream_id, None)
 
     def _rebuild(self, state: StreamState, *, prompt: bool = False, schedule: bool = False,
                  guidance: bool = False, blend: bool = False) -> None:
-        if prompt:
-            new = self._encode_prompt(state.prompt, state.negative_prompt)
-            if blend and state.embeds is not None and self.config.prompt_blend_frames > 1:
-                state.blend_from, state.blend_target, state.blend_done = state.embeds, new, 0
-            else:
-                state.embeds, state.blend_from, state.blend_target = new, None, None
-        if schedule:
+        if schedule:  # build_schedule first: it refuses steps and strength that make no schedule
             state.schedule = build_schedule(self.scheduler, steps=state.num_inference_steps,
                                             strength=state.strength, img2img_semantics=self.img2img_semantics,
                                             original_inference_steps=self.config.original_inference_steps)
@@ -203,8 +197,12 @@ class StreamPipeline:
             state.step_table = torch.tensor(
                 [[p.timestep, p.alpha, p.sigma, p.c_out, p.c_skip, p.next_alpha, p.next_sigma]
                  for p in state.schedule], dtype=torch.float32).to(self.device)
-            if state.smoother is not None:
-                state.smoother.reset()
+        if prompt:
+            new = self._encode_prompt(state.prompt, state.negative_prompt)
+            if blend and state.embeds is not None and self.config.prompt_blend_frames > 1:
+                state.blend_from, state.blend_target, state.blend_done = state.embeds, new, 0
+            else:
+                state.embeds, state.blend_from, state.blend_target = new, None, None
         if guidance or state.guidance_row is None:
             g = state.guidance_scale
             state.guidance_row = torch.tensor([g, 1.0 if g <= 1.0 else 0.0], dtype=torch.float32).to(self.device)

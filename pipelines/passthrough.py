@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.config import LiveParams
 from pipelines.frames import DEFAULT_STREAM, check_frames
 
 
@@ -25,7 +26,9 @@ class PassthroughPipeline:
         return frames.copy()
 
     def update(self, stream_id: str = DEFAULT_STREAM, **params: Any) -> None:
-        self.params.setdefault(stream_id, {}).update({k: v for k, v in params.items() if v is not None})
+        """Checked like every pipeline's (LiveParams) and kept per stream; nothing here uses them."""
+        change = LiveParams.parse(params).changes()
+        self.params.setdefault(stream_id, {}).update(change)
 
     def remove_stream(self, stream_id: str) -> None:
         self.params.pop(stream_id, None)

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from pipelines.config import PipelineConfig
+from pipelines.config import PipelineConfig, explain
 from pipelines.errors import PipelineError
 from pipelines.frames import FramePipeline
 
@@ -52,10 +52,7 @@ def build_config(preset: str | None = None, overrides: dict[str, Any] | None = N
     try:
         return PipelineConfig(**settings)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        message = err["msg"].removeprefix("Value error, ")
-        raise PipelineError(f"bad setting{' ' + where if where else ''}: {message}") from None
+        raise PipelineError(f"bad setting: {explain(exc, PipelineConfig)}") from None
 
 
 def load_pipeline(config: PipelineConfig | str | None = None, **overrides: Any) -> FramePipeline:

@@ -45,6 +45,31 @@ def _img2img_start(scheduler: LCMScheduler | EulerDiscreteScheduler, steps: int,
     return n - int(n * strength)
 
 
+def check_schedule(scheduler: LCMScheduler | EulerDiscreteScheduler, *, steps: int, strength: float,
+                   img2img_semantics: bool, original_inference_steps: int | None = None) -> None:
+    """ValueError (one line) unless ``build_schedule`` can make ``steps`` steps at ``strength``; computes
+    nothing on the scheduler, so a tiny strength cannot ask it for millions of timesteps.
+
+    Each rule picks the steps out of a schedule of ``limit`` steps and keeps int(limit * strength) of them:
+    LCM (its own rule) out of original_inference_steps; the img2img rule schedules N with int(N * strength)
+    = steps, where N can be at most the LCM schedule's length or the number of training timesteps (Euler).
+    """
+    train = int(scheduler.config.num_train_timesteps)
+    if isinstance(scheduler, LCMScheduler):
+        limit = int(scheduler.config.original_inference_steps)  # the img2img rule sets N steps of it
+        if not img2img_semantics and original_inference_steps is not None:
+            limit = int(original_inference_steps)
+        if limit > train:
+            raise ValueError(f"original_inference_steps must be at most {train} for this model, got {limit}")
+    else:
+        limit = train
+    if int(limit * strength) < steps:
+        raise ValueError(
+            f"num_inference_steps {steps} needs strength {steps / limit:.4g} or more "
+            f"(at strength {strength:g} this model's schedule of {limit} steps keeps {int(limit * strength)}); "
+            "raise strength or lower num_inference_steps")
+
+
 def build_schedule(scheduler: LCMScheduler | EulerDiscreteScheduler, *, steps: int, strength: float,
                    img2img_semantics: bool, original_inference_steps: int | None = None) -> list[StepScalars]:
     """The scalars of each denoising step for one frame.
@@ -53,6 +78,8 @@ def build_schedule(scheduler: LCMScheduler | EulerDiscreteScheduler, *, steps: i
     Turbo families); otherwise like LatentConsistencyModelImg2ImgPipeline (strength passed to LCM's own
     set_timesteps).
     """
+    check_schedule(scheduler, steps=steps, strength=strength, img2img_semantics=img2img_semantics,
+                   original_inference_steps=original_inference_steps)
     if isinstance(scheduler, LCMScheduler):
         if img2img_semantics:
             start = _img2img_start(scheduler, steps, strength)  # sets the timesteps: call before reading them

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from streamer.control import LiveParams
+from streamer.control import ParamsController
 from streamer.server.auth import Access, allowed_host_names
 from streamer.server.bodies import READ_TIMEOUT, read_json
 from streamer.server.listen import start_http
@@ -46,7 +46,7 @@ async def json_errors(request: web.Request,
         return web.json_response({"error": message}, status=exc.status, headers=keep)
 
 
-def create_control_app(params: LiveParams, stats: Any = None, access: Access | None = None) -> web.Application:
+def create_control_app(params: ParamsController, stats: Any = None, access: Access | None = None) -> web.Application:
     app = web.Application(middlewares=[json_errors, (access or Access()).middleware()],
                           client_max_size=MAX_BODY_BYTES)
 
@@ -86,7 +86,7 @@ def create_control_app(params: LiveParams, stats: Any = None, access: Access | N
 class ControlServer:
     """The control app on ``host:port`` (``port=0``: the system chooses, see ``.port``), on its own thread."""
 
-    def __init__(self, params: LiveParams, port: int, *, stats: Any = None, host: str = "127.0.0.1",
+    def __init__(self, params: ParamsController, port: int, *, stats: Any = None, host: str = "127.0.0.1",
                  token: str | None = None, allow_hosts: Sequence[str] = (), read_timeout: float = READ_TIMEOUT,
                  max_connections: int = MAX_CONNECTIONS) -> None:
         access = Access(token=token, bound_host=host, allow_hosts=allowed_host_names(allow_hosts))

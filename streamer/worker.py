@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipelines.config import LiveParams
 from pipelines.frames import FramePipeline
 from streamer.frames import Frame
 
@@ -69,7 +70,16 @@ class GpuWorker:
         return fut
 
     def update(self, stream_id: str, **params) -> Future:
-        return self.call(self.pipeline.update, stream_id, **params)
+        """Change a stream's live parameters. The change is checked whole here first (a refused one fails
+        its future with ValueError at once, without waiting for the model); the pipeline then applies all
+        of it or, if steps and strength together make no schedule, none (ValueError again)."""
+        try:
+            change = LiveParams.parse(params).changes()
+        except ValueError as exc:
+            fut: Future = Future()
+            fut.set_exception(exc)
+            return fut
+        return self.call(self.pipeline.update, stream_id, **change)
 
     def remove_stream(self, stream_id: str) -> Future:
         """Forget a stream: its frames still waiting are cancelled (they would bring its state back)."""

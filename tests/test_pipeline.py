@@ -78,7 +78,7 @@ def test_streams_are_independent(pipe):
 
 
 def test_bad_live_values_are_refused(pipe):
-    with pytest.raises(ValueError, match="strength must be in"):
+    with pytest.raises(ValueError, match="strength must be a number above 0 and at most 1, got 0"):
         pipe.update("s", strength=0)
     with pytest.raises(ValueError, match="unknown parameter"):
         pipe.update("s", colour="red")

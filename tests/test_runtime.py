@@ -15,12 +15,12 @@ import av
 import numpy as np
 import pytest
 
+from pipelines.config import LiveParams
 from pipelines.passthrough import PassthroughPipeline
 from streamer.control import (
-    LiveParams,
+    ParamsController,
     TerminalControl,
     parse_command,
-    validate_params,
 )
 from streamer.control_http import ControlServer
 from streamer.frames import Frame
@@ -300,15 +300,15 @@ def test_stats_json_and_prometheus(tmp_path: Path) -> None:
 
 # --- live control --------------------------------------------------------------------------------------
 
-def test_validate_params_names_the_bad_value() -> None:
-    assert validate_params({"strength": "0.6", "seed": 3, "smoothing": "off"}) == {
+def test_live_params_name_the_bad_value() -> None:
+    assert LiveParams.parse({"strength": "0.6", "seed": 3, "smoothing": "off"}).changes() == {
         "strength": 0.6, "seed": 3, "smoothing": {"enabled": False}}
     for bad, word in [({"strength": 1.5}, "strength"), ({"strength": True}, "strength"),
                       ({"seed": -1}, "seed"), ({"seed": 2.5}, "seed"), ({"prompt": 3}, "prompt"),
                       ({"smoothing": "maybe"}, "smoothing"), ({"smoothing": {"input_blend": 2}}, "input_blend"),
                       ({"colour": "red"}, "colour")]:
         with pytest.raises(ValueError, match=word):
-            validate_params(bad)
+            LiveParams.parse(bad)
     assert parse_command("prompt a watercolor") == ("set", {"prompt": "a watercolor"})
     assert parse_command("steps 2") == ("set", {"num_inference_steps": 2})
     with pytest.raises(ValueError, match="unknown command"):
@@ -331,7 +331,7 @@ def test_http_control_reaches_the_pipeline_while_running(tmp_path: Path) -> None
     pipeline = PassthroughPipeline()
     worker = GpuWorker(pipeline)
     stats = RunStats()
-    params = LiveParams(worker, ["default"], {"prompt": "start", "strength": 0.5, "seed": 0, "smoothing": True})
+    params = ParamsController(worker, ["default"], {"prompt": "start", "strength": 0.5, "seed": 0, "smoothing": True})
     runtime = Runtime(TestSource(160, 96, 30.0), [MarkReadingSink()], worker, stats=stats, duration=20)
     thread = threading.Thread(target=runtime.run, daemon=True)
     try:
@@ -361,7 +361,7 @@ def test_http_control_reaches_the_pipeline_while_running(tmp_path: Path) -> None
 
 
 def test_terminal_control_lines(passthrough_worker: GpuWorker) -> None:
-    params = LiveParams(passthrough_worker, ["default"], {"strength": 0.5})
+    params = ParamsController(passthrough_worker, ["default"], {"strength": 0.5})
     control = TerminalControl(params, reply=lambda text: None)
     assert control.handle("strength 0.6") == "ok: strength=0.6"
     assert control.handle("seed x").startswith("error: seed")
@@ -381,7 +381,7 @@ def test_reading_params_does_not_wait_for_a_change_in_progress() -> None:
             threading.Thread(target=lambda: (release.wait(10), future.set_result(None)), daemon=True).start()
             return future
 
-    params = LiveParams(SlowWorker(), ["default"], {"strength": 0.5})
+    params = ParamsController(SlowWorker(), ["default"], {"strength": 0.5})
     changing = threading.Thread(target=params.apply, args=({"strength": 0.7},))
     changing.start()
     time.sleep(0.2)  # the change now waits on the worker

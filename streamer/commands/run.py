@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_opened(args: argparse.Namespace, source: Any, sinks: list, config: Any, pipeline: Any, pick: Any,
                 control_port: int) -> int:
-    from streamer.control import LiveParams, TerminalControl, initial_params
+    from streamer.control import ParamsController, TerminalControl, initial_params
     from streamer.control_http import ControlServer
     from streamer.runtime import Runtime
     from streamer.stats import RunStats
@@ -167,7 +167,7 @@ def _run_opened(args: argparse.Namespace, source: Any, sinks: list, config: Any,
     worker = GpuWorker(pipeline, on_batch=stats.batch)
     server = None
     try:
-        params = LiveParams(worker, ["default"], initial_params(config))
+        params = ParamsController(worker, ["default"], initial_params(config))
         if control_port:
             server = ControlServer(params, control_port, stats=stats, token=args.control_token,
                                    allow_hosts=args.allow_host).start()

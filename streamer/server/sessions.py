@@ -19,7 +19,8 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from streamer.control import LIVE_PARAMS, validate_params
+from pipelines.config import LiveParams
+from pipelines.frames import LIVE_PARAMS
 from streamer.server.bodies import loads_object
 from streamer.server.dtls import dtls_failed, prefer_passive_dtls
 from streamer.server.ice import expire_consent_after, ice_configuration, restrict_host_candidates
@@ -325,11 +326,11 @@ class SessionManager:
 
 
 def live_params(data: Any) -> dict[str, Any]:
-    """The shared checks of streamer.control, plus: a message's "type" key is not a parameter, and an
-    empty change is an error rather than a silent no-op."""
+    """The one check of live parameters (LiveParams), plus: a message's "type" key is not a parameter, and
+    an empty change is an error rather than a silent no-op."""
     if isinstance(data, dict):
         data = {k: v for k, v in data.items() if k != "type"}
-    params = validate_params(data)
+    params = LiveParams.parse(data).changes()
     if not params:
         raise ValueError(f"no parameters given; send some of: {', '.join(LIVE_PARAMS)}")
     return params
