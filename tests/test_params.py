@@ -331,6 +331,8 @@ def test_serve_refuses_a_bad_change_whole_and_takes_the_next() -> None:
                 reply = await ask({"type": "params", **NO_SCHEDULE})
                 assert reply["ok"] is False and "strength" in reply["error"]
                 reply = await ask({"type": "params", "guidance_scale": float("nan")})
+                assert reply["ok"] is False and "NaN" in reply["error"]  # refused as JSON, before the model
+                reply = await ask({"type": "params", "guidance_scale": 1e6})
                 assert reply["ok"] is False and "guidance_scale" in reply["error"]
                 assert await ask({"type": "params", "seed": 10}) == {"type": "params", "ok": True,
                                                                      "params": {"seed": 10}}
