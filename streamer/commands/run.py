@@ -139,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     # drops) through a load that can take many seconds. Bad specs were refused above, before the load.
     pipeline = load_pipeline(config)
     source.open()
+    _warn_audio_left_out(source, sinks)
     try:
         return _run_opened(args, source, sinks, config, pipeline, pick, control_port)
     finally:
@@ -190,6 +191,14 @@ def _run_opened(args: argparse.Namespace, source: Any, sinks: list, config: Any,
         if server is not None:
             server.close()
         worker.close()
+
+
+def _warn_audio_left_out(source: Any, sinks: list) -> None:
+    """`run` carries video only: say so when a file with sound is recorded into a file."""
+    files = [sink.target for sink in sinks if getattr(sink, "target", None) and not getattr(sink, "is_network", True)]
+    if getattr(source, "audio_streams", 0) and files:
+        print(f"streamer: warning: run records video only, so {', '.join(files)} will have no sound; "
+              f"`streamer file {source.path} OUT` keeps the audio", file=sys.stderr)
 
 
 def _check_writable(flag: str, path: Any) -> None:
