@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(.mp4, .mkv, .mov, .ts, .webm) and, unless --codec, the encoder")
     out = parser.add_argument_group("output")
     out.add_argument("--size", type=parse_size, default=None, metavar="WxH",
-                     help="scale the output to this size (default: the input's size)")
+                     help="scale the output to this size, as shown (a portrait phone clip is taller than "
+                          "wide); odd numbers round down to even (default: the input's shown size)")
     out.add_argument("--codec", default=None,
                      help="video encoder (default by OUT's container: libvpx-vp9 for .webm, else libx264; "
                           "also libx265, libsvtav1)")

@@ -57,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--transport", choices=["tcp", "udp"], default=None, help="RTSP transport (default tcp)")
     io.add_argument("--timeout", type=float, default=None,
                     help="seconds to wait when connecting to a network source (default 5)")
-    io.add_argument("--codec", default=None, help="encoder for file and network sinks (default libx264)")
+    io.add_argument("--codec", default=None, help="encoder for file and network sinks (default by container: "
+                    "libvpx-vp9 for .webm, else libx264)")
     io.add_argument("--crf", type=int, default=None, help="quality for file and network sinks (default 23)")
     run = parser.add_argument_group("run")
     run.add_argument("--duration", type=float, default=None, help="stop after this many seconds")

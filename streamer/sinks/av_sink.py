@@ -49,6 +49,7 @@ class AvSink(Sink):
     ``target``: a file path (container from the extension, or ``container_format``), ``udp://HOST:PORT``
     (MPEG-TS), ``srt://HOST:PORT?mode=listener`` (MPEG-TS over SRT, needs an FFmpeg built with libsrt),
     ``rtsp://HOST:PORT/PATH`` (publish over TCP to an RTSP server that accepts RECORD).
+    ``codec``: the video encoder; None picks it by the container (libvpx-vp9 for .webm, else libx264).
     ``low_latency`` (default: on for network targets) uses a fast preset, ``tune=zerolatency``, no
     B-frames and a ``gop`` of about one second. ``options`` are encoder options that win over these
     defaults, e.g. ``{"preset": "slow"}``.

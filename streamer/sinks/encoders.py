@@ -57,8 +57,8 @@ def check_encoder_preset(codec_name: str, preset: str) -> None:
     option = next((o for o in av.CodecContext.create(codec_name, "w").supported_options.private
                    if o.name == "preset"), None)
     if option is None:
-        raise SinkError(f"{codec_name} has no presets; leave --encoder-preset out (presets exist for "
-                        "libx264, libx265 and libsvtav1)")
+        raise SinkError(f"{codec_name} has no presets (--encoder-preset {preset!r}); leave it out (presets "
+                        "exist for libx264, libx265 and libsvtav1)")
     names = [choice.name for choice in option.choices or []]
     if names:
         if preset not in names:
