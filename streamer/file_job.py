@@ -52,6 +52,7 @@ class FileJobSummary:
     width: int = 0
     height: int = 0
     audio_packets: int = 0
+    audio_transcoded_to: str = ""  # the audio encoder, when the output's container could not hold the audio
     damaged_packets: int = 0
     interrupted: bool = False
     seconds: float = 0.0
@@ -81,7 +82,8 @@ class FileJobSummary:
 
     def report(self) -> str:
         status = "stopped early, wrote" if self.interrupted else "wrote"
-        audio = f", {self.audio_packets} audio packets remuxed" if self.audio_packets else ""
+        how = f"transcoded to {self.audio_transcoded_to}" if self.audio_transcoded_to else "remuxed"
+        audio = f", {self.audio_packets} audio packets {how}" if self.audio_packets else ""
         return (f"{status} {self.out_path}: {self.frames} frames {self.width}x{self.height}{audio} in "
                 f"{self.seconds:.1f} s ({self.fps:.1f} fps); busy seconds: decode {self.decode_seconds:.1f}, "
                 f"model {self.model_seconds:.1f}, encode {self.encode_seconds:.1f}")
@@ -142,6 +144,7 @@ def stylize_file(
                         stop=stop, progress=progress)
         finally:
             summary.audio_packets = sink.audio_packets_written
+            summary.audio_transcoded_to = ", ".join(sink.audio_encoders)
             with _sigint_deferred():  # a second Ctrl-C must not leave an MP4 without its index
                 sink.close()
     finally:

@@ -178,6 +178,7 @@ def test_webm_gets_vp9_and_opus_in_sync(tmp_path: Path) -> None:
     out = tmp_path / "out.webm"
     done = streamer("file", str(src), str(out), "--preset", "passthrough", "--no-progress")
     assert done.returncode == 0, done.stderr
+    assert "audio packets transcoded to libopus" in done.stderr
     with av.open(str(out)) as container:
         assert [(s.type, s.codec_context.name) for s in container.streams] == [("video", "vp9"), ("audio", "opus")]
     before, after = probe(src), probe(out)

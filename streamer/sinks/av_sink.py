@@ -218,7 +218,7 @@ class AvSink(Sink):
             return f"cannot stream to {self.target}: {text}"
         if "codec" in text.lower():
             return (f"cannot write {self.codec} video into {self.target}: {text}; use an encoder that "
-                    "container takes (e.g. libvpx-vp9 for .webm) or write .mkv/.mp4")
+                    "container takes (e.g. libvpx-vp9 for .webm; without --codec one is picked) or write .mkv/.mp4")
         return f"cannot write {self.target}: {text}"
 
     # -- writing -------------------------------------------------------------------------------------
@@ -255,6 +255,11 @@ class AvSink(Sink):
             return
         packet.stream = out
         self._mux_packets([packet])
+
+    @property
+    def audio_encoders(self) -> list[str]:
+        """The encoders of audio streams transcoded because the container cannot hold their codec."""
+        return [transcoder.stream.codec_context.name for transcoder in self._transcoders.values()]
 
     def _mux_packets(self, packets: list[av.Packet]) -> None:
         assert self._container is not None

@@ -31,7 +31,10 @@ X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 
 
 def video_codec_for(target: str) -> str:
-    """The default video encoder for an output path or URL (by its extension, like ffmpeg)."""
+    """The default video encoder for an output path (by its extension, like ffmpeg) or URL (H.264: MPEG-TS,
+    RTSP and FLV carry it)."""
+    if "://" in target:
+        return DEFAULT_VIDEO_CODEC
     return VIDEO_CODEC_BY_SUFFIX.get(Path(target.split("?")[0]).suffix.lower(), DEFAULT_VIDEO_CODEC)
 
 
