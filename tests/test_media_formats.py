@@ -190,6 +190,30 @@ def test_webm_gets_vp9_and_opus_in_sync(tmp_path: Path) -> None:
     assert b[1] == pytest.approx(a[1], abs=0.021)
 
 
+@pytest.mark.parametrize("out_name, audio_codec", [
+    ("out.mp4", "aac"),  # FFmpeg would write PCM into MP4; browsers and QuickTime would not play it
+    ("out.ts", "aac"),  # MPEG-TS would carry PCM only as unplayable data
+    ("out.mkv", "pcm_s16le"),  # Matroska holds PCM: copied unchanged
+])
+def test_audio_is_copied_where_players_take_it_else_transcoded(tmp_path: Path, out_name: str,
+                                                                audio_codec: str) -> None:
+    src = tmp_path / "camera.mov"  # H.264 with 44.1 kHz PCM, as cameras and screen recorders write
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=30", "-f", "lavfi",
+                    "-i", "sine=frequency=440:sample_rate=44100", "-t", "1", "-c:v", "libx264", "-pix_fmt",
+                    "yuv420p", "-c:a", "pcm_s16le", str(src)], check=True, capture_output=True)
+    out = tmp_path / out_name
+    done = streamer("file", str(src), str(out), "--preset", "passthrough", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    with av.open(str(out)) as container:
+        assert container.streams.audio[0].codec_context.name == audio_codec
+    a, b = decoded_audio(src), decoded_audio(out)
+    aac_frame = 1024 / 44100
+    if out_name != "out.ts":  # MPEG-TS cannot mark the encoder's priming samples, copied AAC neither
+        assert b[0] - probe(out).video_start == pytest.approx(a[0] - probe(src).video_start, abs=0.002)
+    frames_added = 2 if out_name == "out.ts" else 1  # the last frame's padding (and TS: the priming)
+    assert b[1] == pytest.approx(a[1], abs=frames_added * aac_frame + 0.001)
+
+
 def decoded_audio(path: Path) -> tuple[float, float]:
     """(start, duration) in seconds of the sound a player plays (priming and pre-skip removed)."""
     with av.open(str(path)) as container:

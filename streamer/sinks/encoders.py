@@ -25,6 +25,16 @@ VIDEO_CODEC_BY_SUFFIX = {".webm": "libvpx-vp9", ".ogv": "libvpx"}
 DEFAULT_VIDEO_CODEC = "libx264"
 # Audio encoders tried, in order, when a container cannot hold the input's audio codec.
 AUDIO_FALLBACKS = (("aac", "aac"), ("opus", "libopus"))
+# Audio codecs that players take in these containers (FFmpeg writes more, e.g. Vorbis or PCM into MP4,
+# and PCM into MPEG-TS only as unplayable data); other containers take what FFmpeg says they hold.
+PLAYABLE_AUDIO = {
+    "mp4": {"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"},
+    "mov": {"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac", "pcm_s16le", "pcm_s16be", "pcm_s24le",
+            "pcm_s24be", "pcm_f32le", "pcm_f32be"},
+    "webm": {"opus", "vorbis"},
+    "mpegts": {"aac", "mp3", "mp2", "ac3", "eac3", "opus"},
+    "flv": {"aac", "mp3"},
+}
 # x264 and x265 take their presets as free text: FFmpeg cannot list them.
 X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
                 "veryslow", "placebo")
@@ -135,10 +145,11 @@ def encoder_options(codec: str, *, crf: int, low_latency: bool, is_network: bool
 def audio_encoder_for(container: av.container.OutputContainer, codec_name: str) -> str | None:
     """None when ``container`` can hold ``codec_name`` audio as it is (copy it), else the encoder to use.
 
-    FFmpeg knows the codecs of most containers (MP4, MOV, WebM, Matroska...); for those it knows little
-    about (MPEG-TS) the audio is copied and the muxer has the last word.
+    MP4, MOV, WebM, MPEG-TS and FLV: what players take there (``PLAYABLE_AUDIO``); other containers: what
+    FFmpeg says they hold (Matroska holds nearly anything), copied when FFmpeg knows nothing either.
     """
-    supported = container.supported_codecs
+    playable = PLAYABLE_AUDIO.get(container.format.name)
+    supported = playable if playable is not None else container.supported_codecs
     if codec_name in supported:
         return None
     for codec, encoder in AUDIO_FALLBACKS:
