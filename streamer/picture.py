@@ -12,6 +12,7 @@ RGB back with the same matrix and range and writes the same tags, so colours do 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import av
@@ -24,6 +25,7 @@ _SWS_MATRIX = {1: Colorspace.ITU709, 4: Colorspace.FCC, 5: Colorspace.ITU601, 6:
                7: Colorspace.SMPTE240M, 9: Colorspace.BT2020, 10: Colorspace.BT2020}
 _UNSPECIFIED = 2  # AVCOL_SPC/PRI/TRC_UNSPECIFIED
 _RANGE_LIMITED, _RANGE_FULL = 1, 2  # AVCOL_RANGE_MPEG, AVCOL_RANGE_JPEG
+MAX_PEEK_PACKETS = 300  # a file whose first 300 video packets do not decode is read with the defaults
 
 
 def quarter_turns(frame: av.VideoFrame) -> int:
@@ -108,7 +110,7 @@ def first_picture(path: str | Path) -> PictureInfo:
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
-            for packet in container.demux(stream):
+            for packet in islice(container.demux(stream), MAX_PEEK_PACKETS):
                 try:
                     frames = packet.decode()
                 except av.error.FFmpegError:
