@@ -27,8 +27,9 @@ import numpy as np
 
 from pipelines.frames import FramePipeline
 from streamer.frames import Frame
+from streamer.picture import first_picture, upright_size
 from streamer.sinks.av_sink import AvSink
-from streamer.sources.av_source import describe_error, stream_fps
+from streamer.sources.av_source import describe_error, stream_fps, video_to_rgb
 from streamer.sources.base import SourceError
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class FileJobSummary:
     width: int = 0
     height: int = 0
     audio_packets: int = 0
+    audio_transcoded_to: str = ""  # the audio encoder, when the output's container could not hold the audio
     damaged_packets: int = 0
     interrupted: bool = False
     seconds: float = 0.0
@@ -80,7 +82,8 @@ class FileJobSummary:
 
     def report(self) -> str:
         status = "stopped early, wrote" if self.interrupted else "wrote"
-        audio = f", {self.audio_packets} audio packets remuxed" if self.audio_packets else ""
+        how = f"transcoded to {self.audio_transcoded_to}" if self.audio_transcoded_to else "remuxed"
+        audio = f", {self.audio_packets} audio packets {how}" if self.audio_packets else ""
         return (f"{status} {self.out_path}: {self.frames} frames {self.width}x{self.height}{audio} in "
                 f"{self.seconds:.1f} s ({self.fps:.1f} fps); busy seconds: decode {self.decode_seconds:.1f}, "
                 f"model {self.model_seconds:.1f}, encode {self.encode_seconds:.1f}")
@@ -93,7 +96,7 @@ def stylize_file(
     *,
     batch: int = 4,
     size: tuple[int, int] | None = None,
-    codec: str = "libx264",
+    codec: str | None = None,
     crf: int = 23,
     progress: bool = False,
     stream_id: str = "default",
@@ -102,8 +105,10 @@ def stylize_file(
 ) -> FileJobSummary:
     """Run every frame of ``in_path`` through ``pipeline`` into ``out_path``.
 
-    Frames keep their pts (variable frame rate and audio sync survive); audio streams are remuxed
-    unchanged. ``size`` (width, height) scales the video, otherwise the output has the input's size.
+    Frames keep their pts (variable frame rate and audio sync survive); audio is remuxed unchanged, or
+    transcoded when the container cannot hold it. Rotated input (phone portrait) is turned upright before
+    the model; colour tags carry over. ``size`` (width, height, as shown; odd rounds down to even) scales
+    the video, else the input's shown size is kept. ``codec`` None: by the output's container.
     Setting ``stop``, or Ctrl-C in the calling thread, ends the job early: frames already stylized are
     written, the file is finalized and playable, and the summary says ``interrupted``.
     Raises SourceError (unreadable input), SinkError (unwritable output) or ValueError (bad arguments).
@@ -124,19 +129,22 @@ def stylize_file(
         video = source.streams.video[0]
         video.thread_type = "AUTO"
         audio_streams = list(source.streams.audio)
-        width, height = size or (video.codec_context.width, video.codec_context.height)
+        picture = first_picture(in_path)
+        width, height = size or upright_size(video.codec_context.width, video.codec_context.height, picture.turns)
         if width <= 0 or height <= 0:
             raise SourceError(f"{in_path}: the video stream has no picture size; the file may be damaged")
-        summary.width, summary.height = width, height
         summary.expected_frames = _expected_frames(source, video)
         fps = stream_fps(video) or 30.0
         sink = AvSink(str(out_path), codec=codec, crf=crf, options=encoder_options)
-        sink.open(width, height, fps, time_base=video.time_base, audio_from=audio_streams)
+        sink.open(width, height, fps, time_base=video.time_base, audio_from=audio_streams,
+                  colour=picture.colour)
+        summary.width, summary.height = sink.width, sink.height  # odd sizes become even
         try:
             _run_stages(source, video, sink, pipeline, summary, batch=batch, stream_id=stream_id,
                         stop=stop, progress=progress)
         finally:
             summary.audio_packets = sink.audio_packets_written
+            summary.audio_transcoded_to = ", ".join(sink.audio_encoders)
             with _sigint_deferred():  # a second Ctrl-C must not leave an MP4 without its index
                 sink.close()
     finally:
@@ -248,7 +256,7 @@ def _decode(container: av.container.InputContainer, video: av.VideoStream, summa
                     summary.damaged_packets += 1
                     decoded = []
                 for frame in decoded:
-                    image = frame.to_ndarray(format="rgb24", width=width, height=height)
+                    image = video_to_rgb(frame, width, height)  # upright, as a player shows it
                     # A raw stream's frames may have no pts: the sink continues its clock at the file's rate.
                     items.append(Frame(image, pts=frame.pts, time_base=tb, index=index))
                     index += 1

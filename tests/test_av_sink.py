@@ -69,14 +69,19 @@ def test_live_timing_starts_at_zero_and_never_goes_back(tmp_path: Path) -> None:
     assert seconds[5] == pytest.approx(0.200, abs=0.002)
 
 
-def test_odd_size_is_kept(tmp_path: Path) -> None:
+def test_odd_size_becomes_even_yuv420p_and_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     out = tmp_path / "odd.mp4"
     with AvSink(str(out)) as sink:
         sink.open(161, 97, 30)
         for i in range(5):
             sink.write(frame(i, i, size=(161, 97), tb=Fraction(1, 30)))
+    assert (sink.width, sink.height) == (160, 96)
     info = probe(out)
-    assert (info.width, info.height, info.frames) == (161, 97, 5)
+    assert (info.width, info.height, info.frames) == (160, 96, 5)
+    with av.open(str(out)) as container:  # yuv444p H.264 would not play in browsers or QuickTime
+        assert container.streams.video[0].codec_context.pix_fmt == "yuv420p"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "161x97" in warnings[0] and "160x96" in warnings[0]
 
 
 def test_interrupted_writer_still_leaves_a_playable_file(tmp_path: Path) -> None:
@@ -105,7 +110,7 @@ def test_bad_codec_says_what_is_wrong(tmp_path: Path) -> None:
     with pytest.raises(SinkError, match="unknown encoder 'nope264'"):
         AvSink(str(tmp_path / "a.mp4"), codec="nope264").open(64, 64, 30)
     with pytest.raises(SinkError, match="webm"):
-        AvSink(str(tmp_path / "a.webm")).open(64, 64, 30)  # webm takes no H.264
+        AvSink(str(tmp_path / "a.webm"), codec="libx264").open(64, 64, 30)  # webm takes no H.264
     assert not (tmp_path / "a.webm").exists() or (tmp_path / "a.webm").stat().st_size == 0
 
 

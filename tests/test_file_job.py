@@ -122,11 +122,11 @@ def test_variable_frame_rate_keeps_pts(tmp_path: Path, suffix: str) -> None:
     assert [round(s * 1000) for s in probe(out).video_seconds] == pts
 
 
-def test_odd_size_is_kept_and_size_option_scales(tmp_path: Path) -> None:
+def test_odd_size_is_rounded_to_even_and_size_option_scales(tmp_path: Path) -> None:
     src = make_clip(tmp_path / "odd.mkv", seconds=0.5, size=(321, 241))
     kept = stylize_file(src, tmp_path / "kept.mp4", PassthroughPipeline())
     info = probe(tmp_path / "kept.mp4")
-    assert (info.width, info.height, info.frames) == (321, 241, 15) and kept.width == 321
+    assert (info.width, info.height, info.frames) == (320, 240, 15) and kept.width == 320
     done = streamer("file", str(src), str(tmp_path / "small.mp4"), "--preset", "passthrough",
                     "--size", "160x120", "--no-progress")
     assert done.returncode == 0, done.stderr

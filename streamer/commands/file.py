@@ -14,16 +14,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "Ctrl-C stops early and leaves a playable file.")
     parser.add_argument("input", metavar="IN", help="video file to read (anything FFmpeg reads)")
     parser.add_argument("output", metavar="OUT", help="file to write; the extension picks the container "
-                        "(.mp4, .mkv, .mov, .ts)")
+                        "(.mp4, .mkv, .mov, .ts, .webm) and, unless --codec, the encoder")
     out = parser.add_argument_group("output")
     out.add_argument("--size", type=parse_size, default=None, metavar="WxH",
-                     help="scale the output to this size (default: the input's size)")
-    out.add_argument("--codec", default="libx264",
-                     help="video encoder (default libx264; also libx265, libvpx-vp9, libsvtav1)")
+                     help="scale the output to this size, as shown (a portrait phone clip is taller than "
+                          "wide); odd numbers round down to even (default: the input's shown size)")
+    out.add_argument("--codec", default=None,
+                     help="video encoder (default by OUT's container: libvpx-vp9 for .webm, else libx264; "
+                          "also libx265, libsvtav1)")
     out.add_argument("--crf", type=int, default=23,
                      help="constant quality, lower is better and bigger (default 23; libx264 range 0-51)")
     out.add_argument("--encoder-preset", default=None, metavar="NAME",
-                     help="x264/x265 speed preset (default veryfast; medium or slow give smaller files, slower)")
+                     help="encoder speed preset: x264/x265 ultrafast...placebo (default veryfast; medium or "
+                          "slow give smaller files, slower), libsvtav1 a number")
     out.add_argument("--batch", type=int, default=4,
                      help="frames per model call (default 4; on a GPU 8-16 is faster); larger uses more GPU "
                           "memory, and on CUDA the step is compiled for this size")
@@ -35,16 +38,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipelines.presets import load_pipeline
     from streamer.file_job import stylize_file
+    from streamer.sinks.encoders import check_encoder_preset, video_codec, video_codec_for
 
     if args.batch < 1:
         raise ValueError(f"--batch must be at least 1, got {args.batch}")
     if not 0 <= args.crf <= 63:
         raise ValueError(f"--crf must be between 0 and 63 (libx264: 0-51), got {args.crf}")
+    codec = args.codec or video_codec_for(args.output)
+    video_codec(codec)  # an unknown encoder or a bad preset is refused before the model loads
+    if args.encoder_preset is not None:
+        check_encoder_preset(codec, args.encoder_preset)
     config = pipeline_config_from_args(args)
     # Every model call holds --batch frames (the last one padded up to it): the one size worth compiling.
     pipeline = load_pipeline(config.model_copy(update={"compile_batch_sizes": [args.batch]}))
     summary = stylize_file(
-        args.input, args.output, pipeline, batch=args.batch, size=args.size, codec=args.codec,
+        args.input, args.output, pipeline, batch=args.batch, size=args.size, codec=codec,
         crf=args.crf, progress=args.progress,
         encoder_options={"preset": args.encoder_preset} if args.encoder_preset else None,
     )

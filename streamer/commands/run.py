@@ -59,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--transport", choices=["tcp", "udp"], default=None, help="RTSP transport (default tcp)")
     io.add_argument("--timeout", type=float, default=None,
                     help="seconds to wait when connecting to a network source (default 5)")
-    io.add_argument("--codec", default=None, help="encoder for file and network sinks (default libx264)")
+    io.add_argument("--codec", default=None, help="encoder for file and network sinks (default by container: "
+                    "libvpx-vp9 for .webm, else libx264)")
     io.add_argument("--crf", type=int, default=None, help="quality for file and network sinks (default 23)")
     run = parser.add_argument_group("run")
     run.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
@@ -147,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
     # drops) through a load that can take many seconds. Bad specs were refused above, before the load.
     pipeline = load_pipeline(config)
     source.open()
+    _warn_audio_left_out(source, sinks)
     try:
         return _run_opened(args, source, sinks, config, pipeline, pick, control_port)
     finally:
@@ -200,6 +202,14 @@ def _run_opened(args: argparse.Namespace, source: Any, sinks: list, config: Any,
         if server is not None:
             server.close()
         worker.close()
+
+
+def _warn_audio_left_out(source: Any, sinks: list) -> None:
+    """`run` carries video only: say so when a file with sound is recorded into a file."""
+    files = [sink.target for sink in sinks if getattr(sink, "target", None) and not getattr(sink, "is_network", True)]
+    if getattr(source, "audio_streams", 0) and files:
+        print(f"streamer: warning: run records video only, so {', '.join(files)} will have no sound; "
+              f"`streamer file {source.path} OUT` keeps the audio", file=sys.stderr)
 
 
 def _check_writable(flag: str, path: Any) -> None:

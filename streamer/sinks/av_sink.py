@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
-import threading
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from fractions import Fraction
@@ -24,7 +21,17 @@ import av.error
 import numpy as np
 
 from streamer.frames import Frame, frame_step
+from streamer.picture import ColourTags
 from streamer.sinks.base import Sink, SinkError
+from streamer.sinks.encoders import (
+    AudioTranscoder,
+    audio_encoder_for,
+    encoder_options,
+    even_size,
+    pick_pixel_format,
+    video_codec_for,
+)
+from streamer.sinks.stall_guard import NETWORK_STALL_SECONDS, StallGuard
 
 log = logging.getLogger(__name__)
 
@@ -32,103 +39,8 @@ log = logging.getLogger(__name__)
 NETWORK_FORMATS = {"udp": "mpegts", "srt": "mpegts", "tcp": "mpegts", "rtsp": "rtsp", "rtsps": "rtsp",
                    "rtmp": "flv", "rtmps": "flv"}
 NETWORK_TIME_BASE = Fraction(1, 90_000)
-# Encoders that understand a constant-quality "crf" option.
-CRF_ENCODERS = {"libx264", "libx264rgb", "libx265", "libvpx", "libvpx-vp9", "libsvtav1", "libaom-av1"}
-# A network open or write may stall this long before the sink gives up on the peer.
-NETWORK_STALL_SECONDS = 5.0
 # A pts that runs ahead of the capture clock by more than this is a source restart, not real timing.
 MAX_PTS_JUMP_SECONDS = 2.0
-
-
-def pick_pixel_format(codec_name: str, width: int, height: int) -> str:
-    """yuv420p when the size allows it (plays everywhere); a full-chroma format for odd sizes."""
-    try:
-        codec = av.Codec(codec_name, "w")
-    except (av.error.FFmpegError, ValueError):
-        raise SinkError(f"unknown encoder {codec_name!r}; try libx264, libx265, libvpx-vp9 or libsvtav1") from None
-    if codec.type != "video":
-        raise SinkError(f"{codec_name!r} encodes {codec.type}, not video; give a video encoder such as libx264")
-    formats = [f.name for f in codec.video_formats or []]
-    if width % 2 == 0 and height % 2 == 0 and (not formats or "yuv420p" in formats):
-        return "yuv420p"
-    # 4:2:0 halves the chroma planes, so odd sizes need 4:4:4 (or RGB) to keep every pixel.
-    for name in ("yuv444p", "gbrp", "rgb24", "bgr0"):
-        if name in formats:
-            return name
-    if not formats:
-        return "yuv420p"
-    raise SinkError(f"encoder {codec_name} cannot store odd sizes like {width}x{height}; "
-                    f"pick an even size or an encoder such as libx264")
-
-
-def _socket_fds() -> set[int]:
-    """This process's open sockets (Linux /proc; empty elsewhere)."""
-    fds: set[int] = set()
-    try:
-        names = os.listdir("/proc/self/fd")
-    except OSError:
-        return fds
-    for name in names:
-        try:
-            if os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
-                fds.add(int(name))
-        except (OSError, ValueError):
-            continue
-    return fds
-
-
-class StallGuard:
-    """Unblocks a TCP write stuck on a peer that stopped reading.
-
-    FFmpeg's RTSP muxer has no write timeout and PyAV installs no interrupt callback on output, so a
-    stalled receiver would block ``write()`` forever. Only calls that release the GIL (encode, mux) can
-    be guarded: FFmpeg's header and trailer run holding it. While a call runs under ``busy()``, a watchdog
-    thread checks its age; past ``limit`` seconds it shuts down the sockets this sink opened to ``port``
-    (found in /proc/self/fd), and the blocked FFmpeg call returns with an error.
-    """
-
-    def __init__(self, port: int, limit: float = NETWORK_STALL_SECONDS) -> None:
-        self.port, self.limit = port, limit
-        self.tripped = False
-        self._sockets_before = _socket_fds()
-        self._busy_since: float | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="av-sink-stall-guard", daemon=True)
-        self._thread.start()
-
-    @contextmanager
-    def busy(self) -> Iterator[None]:
-        self._busy_since = time.monotonic()
-        try:
-            yield
-        finally:
-            self._busy_since = None
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.2):
-            since = self._busy_since
-            if since is not None and time.monotonic() - since > self.limit:
-                self.tripped = True
-                self._shut_down_sockets()
-                return
-
-    def _shut_down_sockets(self) -> None:
-        for fd in _socket_fds() - self._sockets_before:
-            try:
-                sock = socket.socket(fileno=os.dup(fd))
-            except OSError:
-                continue
-            try:
-                if sock.type == socket.SOCK_STREAM and sock.getpeername()[1] == self.port:
-                    sock.shutdown(socket.SHUT_RDWR)  # acts on the shared socket, so FFmpeg's fd fails too
-            except (OSError, IndexError, TypeError):
-                pass
-            finally:
-                sock.close()
 
 
 class AvSink(Sink):
@@ -137,6 +49,7 @@ class AvSink(Sink):
     ``target``: a file path (container from the extension, or ``container_format``), ``udp://HOST:PORT``
     (MPEG-TS), ``srt://HOST:PORT?mode=listener`` (MPEG-TS over SRT, needs an FFmpeg built with libsrt),
     ``rtsp://HOST:PORT/PATH`` (publish over TCP to an RTSP server that accepts RECORD).
+    ``codec``: the video encoder; None picks it by the container (libvpx-vp9 for .webm, else libx264).
     ``low_latency`` (default: on for network targets) uses a fast preset, ``tune=zerolatency``, no
     B-frames and a ``gop`` of about one second. ``options`` are encoder options that win over these
     defaults, e.g. ``{"preset": "slow"}``.
@@ -148,7 +61,7 @@ class AvSink(Sink):
         self,
         target: str,
         *,
-        codec: str = "libx264",
+        codec: str | None = None,
         crf: int = 23,
         low_latency: bool | None = None,
         gop: int | None = None,
@@ -160,7 +73,7 @@ class AvSink(Sink):
         self.scheme = scheme if scheme in NETWORK_FORMATS else ""
         self.is_network = bool(self.scheme)
         self.live = self.is_network  # a stream is watched as it plays; a file is not
-        self.codec = codec
+        self.codec = codec or video_codec_for(self.target)  # None: by the container, as ffmpeg does
         self.crf = crf
         self.low_latency = self.is_network if low_latency is None else low_latency
         self.gop = gop
@@ -174,6 +87,8 @@ class AvSink(Sink):
         self._container: av.container.OutputContainer | None = None
         self._video: av.VideoStream | None = None
         self._audio_map: dict[int, av.stream.Stream] = {}
+        self._transcoders: dict[int, AudioTranscoder] = {}  # input audio streams transcoded, not copied
+        self._colour: ColourTags | None = None
         self._time_base = NETWORK_TIME_BASE
         self._copy_pts = False
         self._fps = 30.0
@@ -185,18 +100,26 @@ class AvSink(Sink):
     # -- opening -------------------------------------------------------------------------------------
 
     def open(self, width: int, height: int, fps: float, *, time_base: Fraction | None = None,
-             audio_from: Iterable[av.stream.Stream] = ()) -> None:
+             audio_from: Iterable[av.stream.Stream] = (), colour: ColourTags | None = None) -> None:
         """Open the output and write its header (a network peer is connected here).
 
         ``time_base``: keep frame pts exactly in this time base (a file job passes the input stream's, so
         variable frame rate and audio sync survive); without it, timing starts at 0 on the first frame.
-        ``audio_from``: input audio streams whose packets will be remuxed unchanged via ``mux_audio``.
+        ``audio_from``: input audio streams whose packets go to ``mux_audio``: remuxed unchanged, or
+        transcoded when the container cannot hold their codec (AAC into WebM becomes Opus).
+        ``colour``: the input's colour tags, written to the output and used to convert RGB back to YUV.
+        An odd size is rounded down to even for encoders that write yuv420p (``width``/``height`` say
+        what is written).
         """
         if self._container is not None:
             raise SinkError(f"{self.target} is already open")
         if width <= 0 or height <= 0:
             raise SinkError(f"cannot encode an empty picture ({width}x{height})")
-        self.width, self.height = int(width), int(height)
+        self.width, self.height = even_size(self.codec, int(width), int(height))
+        if (self.width, self.height) != (width, height):
+            log.warning("%s: %dx%d is odd; writing %dx%d so the video stays yuv420p, which every player plays",
+                        self.target, width, height, self.width, self.height)
+        self._colour = colour
         self._fps = float(fps) if fps and fps > 0 else 30.0
         self.pixel_format = pick_pixel_format(self.codec, self.width, self.height)
         if time_base is not None:
@@ -251,7 +174,10 @@ class AvSink(Sink):
         stream.width, stream.height, stream.pix_fmt = self.width, self.height, self.pixel_format
         stream.time_base = self._time_base
         stream.codec_context.time_base = self._time_base
-        stream.options = self._encoder_options()
+        stream.options = encoder_options(self.codec, crf=self.crf, low_latency=self.low_latency,
+                                         is_network=self.is_network, overrides=self.options)
+        if self._colour is not None:
+            self._colour.tag(stream.codec_context)
         if self.low_latency:
             stream.codec_context.max_b_frames = 0
             stream.codec_context.gop_size = self.gop or max(1, round(self._fps))
@@ -259,26 +185,17 @@ class AvSink(Sink):
             stream.codec_context.gop_size = self.gop
         self._video = stream
 
-    def _encoder_options(self) -> dict[str, str]:
-        options: dict[str, str] = {}
-        if self.codec in CRF_ENCODERS:
-            options["crf"] = str(self.crf)
-        if self.codec.startswith("libx26"):
-            # veryfast: ~2.5x medium's speed at a similar size for this kind of video; keeps the encoder
-            # far from being the bottleneck of a file job (options={"preset": "slow"} for smaller files).
-            options["preset"] = "veryfast"
-            if self.low_latency:
-                options["tune"] = "zerolatency"
-        if self.is_network and self.codec.startswith("libx26"):
-            # Repeat SPS/PPS before keyframes so a viewer can join mid-stream.
-            options["x264-params" if self.codec.startswith("libx264") else "x265-params"] = "repeat-headers=1"
-        options.update(self.options)
-        return options
-
     def _add_audio_stream(self, template: av.stream.Stream) -> None:
         assert self._container is not None
+        encoder = audio_encoder_for(self._container, template.codec_context.name)
         try:
-            out = self._container.add_stream_from_template(template)
+            if encoder is None:
+                out = self._container.add_stream_from_template(template)
+            else:
+                transcoder = self._transcoders[template.index] = AudioTranscoder(self._container, template, encoder)
+                out = transcoder.stream
+                log.info("%s cannot hold %s audio: transcoding it to %s", self.target,
+                         template.codec_context.name, encoder)
         except (av.error.FFmpegError, ValueError) as exc:
             raise SinkError(f"{self.target} cannot hold {template.codec_context.name} audio ({exc}); "
                             "write .mkv or .mp4 instead") from None
@@ -286,6 +203,9 @@ class AvSink(Sink):
 
     def _describe_open_error(self, exc: BaseException) -> str:
         text = str(exc).split("\n")[0]
+        if "avcodec_open2" in text:  # the encoder refused its settings; the container is not at fault
+            reason = getattr(exc, "strerror", None) or text
+            return f"the {self.codec} encoder refused its options {self.options or '(defaults)'}: {reason}"
         if isinstance(exc, av.error.ProtocolNotFoundError) or "Protocol not found" in text:
             if self.scheme == "srt":
                 return ("this PyAV build has no SRT support (its FFmpeg lacks libsrt); stream with "
@@ -298,7 +218,7 @@ class AvSink(Sink):
             return f"cannot stream to {self.target}: {text}"
         if "codec" in text.lower():
             return (f"cannot write {self.codec} video into {self.target}: {text}; use an encoder that "
-                    "container takes (e.g. libvpx-vp9 for .webm) or write .mkv/.mp4")
+                    "container takes (e.g. libvpx-vp9 for .webm; without --codec one is picked) or write .mkv/.mp4")
         return f"cannot write {self.target}: {text}"
 
     # -- writing -------------------------------------------------------------------------------------
@@ -306,7 +226,11 @@ class AvSink(Sink):
     def write(self, frame: Frame) -> None:
         if self._container is None or self._video is None:
             raise SinkError(f"{self.target}: write() before open()")
-        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame.image), format="rgb24")
+        image = np.ascontiguousarray(frame.image)
+        if self._colour is not None and self.pixel_format.startswith("yuv"):
+            video_frame = self._colour.to_yuv(image, self.pixel_format, self.width, self.height)
+        else:
+            video_frame = av.VideoFrame.from_ndarray(image, format="rgb24")
         video_frame.pts = self._next_pts(frame)
         video_frame.time_base = self._time_base
         try:
@@ -317,19 +241,34 @@ class AvSink(Sink):
         self.frames_written += 1
 
     def mux_audio(self, packet: av.Packet) -> None:
-        """Remux one audio packet from a stream given to ``open(audio_from=...)`` unchanged."""
+        """Remux one audio packet from a stream given to ``open(audio_from=...)`` unchanged (or transcode it,
+        when the container cannot hold its codec)."""
         if self._container is None:
             raise SinkError(f"{self.target}: mux_audio() before open()")
-        out = self._audio_map.get(packet.stream.index) if packet.stream is not None else None
+        index = packet.stream.index if packet.stream is not None else None
+        out = self._audio_map.get(index) if index is not None else None
         if out is None or packet.dts is None:  # dts None: a demuxer flush packet, nothing to store
             return
+        transcoder = self._transcoders.get(index) if index is not None else None
+        if transcoder is not None:
+            self._mux_packets(transcoder.encode(packet))
+            return
         packet.stream = out
+        self._mux_packets([packet])
+
+    @property
+    def audio_encoders(self) -> list[str]:
+        """The encoders of audio streams transcoded because the container cannot hold their codec."""
+        return [transcoder.stream.codec_context.name for transcoder in self._transcoders.values()]
+
+    def _mux_packets(self, packets: list[av.Packet]) -> None:
+        assert self._container is not None
         try:
             with self._busy():
-                self._container.mux(packet)
+                self._container.mux(packets)
         except (av.error.FFmpegError, OSError) as exc:
             raise SinkError(self._describe_write_error(exc)) from None
-        self.audio_packets_written += 1
+        self.audio_packets_written += len(packets)
 
     @contextmanager
     def _busy(self) -> Iterator[None]:
@@ -382,8 +321,14 @@ class AvSink(Sink):
         container, video = self._container, self._video
         if container is None:
             return
+        audio_error: SinkError | None = None
+        try:
+            for transcoder in self._transcoders.values():
+                self._mux_packets(transcoder.encode(None))  # the transcoders' last frames
+        except SinkError as exc:
+            audio_error = exc
         self._container = self._video = None
-        error: BaseException | None = None
+        error: BaseException | None = audio_error
         try:
             with self._busy():
                 if video is not None:

@@ -25,6 +25,7 @@ import av.error
 import numpy as np
 
 from streamer.frames import Frame, PtsClock
+from streamer.picture import upright_rgb
 from streamer.sources.base import Source, SourceError, SourceTimeout
 
 log = logging.getLogger(__name__)
@@ -227,9 +228,9 @@ class ThreadedSource(Source):
 
 
 def video_to_rgb(frame: av.VideoFrame, width: int | None, height: int | None) -> np.ndarray:
-    if width or height:
-        return frame.to_ndarray(format="rgb24", width=width or frame.width, height=height or frame.height)
-    return frame.to_ndarray(format="rgb24")
+    """RGB as a player shows the frame: turned upright by its display matrix (a phone's portrait clip),
+    colours by its own tags, scaled to ``width`` x ``height`` when given."""
+    return upright_rgb(frame, width, height)
 
 
 def stream_fps(stream: av.video.stream.VideoStream) -> float | None:
@@ -466,9 +467,12 @@ class RealtimeFileSource(AvLiveSource):
         self.path = path
         self.name = path
         self.on_end = "restart" if loop else "finish"
+        self.audio_streams = 0
 
     def _connect(self, first: bool) -> av.container.InputContainer:
-        return open_file(self.path)
+        container = open_file(self.path)
+        self.audio_streams = len(container.streams.audio)  # not played: `run` carries video only
+        return container
 
 
 def open_file(path: str) -> av.container.InputContainer:
@@ -510,6 +514,7 @@ class FileSource(Source):
         self._fps: float | None = None
         self._index = 0
         self._ended = False
+        self.audio_streams = 0
 
     @property
     def fps(self) -> float | None:
@@ -526,6 +531,7 @@ class FileSource(Source):
         self._fps = self._fps or stream_fps(stream)
         self.clock.restart()
         self._time_base = stream.time_base
+        self.audio_streams = len(container.streams.audio)  # not read: `run` carries video only
         self._container, self._frames = container, decode_video(container)
 
     def read(self, timeout: float | None = None) -> Frame | None:
