@@ -145,13 +145,18 @@ def _swap_scheduler(pipe: Any, family: str) -> Any:
     return pipe.scheduler
 
 
-def load_components(config: PipelineConfig) -> ModelComponents:
+def quiet_libraries() -> None:
+    """diffusers' and transformers' import- and load-time chatter (torchvision hints, dtype notes) is not for
+    our users; errors still raise. Call before importing diffusers' pipeline classes."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    # Their load-time chatter (torchvision hints, dtype notes) is not for our users; errors still raise.
     diffusers_logging.set_verbosity_error()
     transformers_logging.set_verbosity_error()
+
+
+def load_components(config: PipelineConfig) -> ModelComponents:
+    quiet_libraries()
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     if config.family == "tiny":

@@ -1,4 +1,4 @@
-"""Named presets (configs/presets/*.yaml) -> PipelineConfig -> a ready pipeline."""
+"""Named presets (pipelines/preset_files/*.yaml, shipped as package data) -> PipelineConfig -> a ready pipeline."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pipelines.config import PipelineConfig
 from pipelines.errors import PipelineError
 from pipelines.frames import FramePipeline
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs" / "presets"
+PRESETS_DIR = Path(__file__).resolve().parent / "preset_files"
 DEFAULT_PRESET = "lcm-dreamshaper"
 
 

@@ -11,11 +11,12 @@ from pipelines.presets import DEFAULT_PRESET, build_config, preset_names, read_y
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """'640x360' -> (640, 360)."""
+    """'640x360' -> (640, 360); '512' -> (512, 512)."""
+    parts = text.lower().split("x")
     try:
-        w, h = (int(v) for v in text.lower().split("x"))
+        w, h = (int(v) for v in (parts * 2 if len(parts) == 1 else parts))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 640x360, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"size must look like 640x360 (or 512 for 512x512), got {text!r}") from None
     if w <= 0 or h <= 0:
         raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
     return w, h
