@@ -107,7 +107,8 @@ def check_downloaded(config: PipelineConfig) -> None:
         f"offline (the Hugging Face hub cannot be reached) and not in the local cache: "
         f"{', '.join(model_id for _, model_id in missing)}; where there is network run "
         f"`{' && '.join(f'hf download {model_id}' for _, model_id in missing)}` and copy ~/.cache/huggingface "
-        f"here, or set {keys_text} to local folders (--config FILE with {missing[0][0]}: /path/to/folder)")
+        f"here, or set {keys_text} to {'a local folder' if len(keys) == 1 else 'local folders'} "
+        f"(--config FILE with {missing[0][0]}: /path/to/folder)")
 
 
 def locate(model_id: str, what: str, required: tuple[str, ...] = ()) -> str:
