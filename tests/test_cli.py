@@ -159,3 +159,22 @@ def test_file_progress_follows_the_terminal(tmp_path: Path) -> None:
                      cwd=tmp_path)
     assert quiet.returncode == shown.returncode == 0, quiet.stderr + shown.stderr
     assert "frame/s" not in quiet.stderr and "frame/s" in shown.stderr
+
+
+def test_testsrc_writes_the_frame_number_in_digits_under_the_marks() -> None:
+    import numpy as np
+
+    from streamer.sources.testsrc import TestSource, digits_box, read_marks
+
+    source = TestSource(320, 180, 30)
+    source.open()
+    top, left, box_h, _ = digits_box(320, 180)
+    boxes = {}
+    for index in (7, 8, 12345):
+        image = source._make_frame(index).image
+        assert read_marks(image)[0] == index  # the machine-readable marks are intact
+        box = image[top:top + box_h, left:left + 80].max(axis=2)
+        boxes[index] = box > 127
+        assert box[:, :4].max() == 0 and 0.05 < boxes[index].mean() < 0.6  # white strokes on a black box
+    assert boxes[12345].sum() > boxes[7].sum()  # five digits take more ink than one
+    assert not np.array_equal(boxes[7], boxes[8])

@@ -2,6 +2,7 @@
 
 The marks are big black/white blocks in the top rows (32 bits of frame index, 32 bits of capture time in
 milliseconds, then the index again inverted as a check), so they survive H.264 at crf 23 and 2x scaling.
+Under them the frame number is also written in digits, for a person watching.
 ``read_marks`` reads them back at a sink: the latency of every frame and any drop can be measured there.
 """
 
@@ -35,6 +36,29 @@ def write_marks(image: np.ndarray, index: int, capture_ms: int) -> None:
         bits = (value >> np.arange(MARK_BITS - 1, -1, -1)) & 1
         strip = np.repeat(bits.astype(np.uint8) * 255, block_w)
         image[row * block_h:(row + 1) * block_h, :strip.size] = strip[None, :, None]
+
+
+def digits_box(width: int, height: int) -> tuple[int, int, int, float]:
+    """Where the frame number is written as digits, below the marks: top, left, box height, font scale."""
+    block_h = _mark_geometry(width, height)[1]
+    scale = max(0.4, height / 360)
+    return MARK_ROWS * block_h + 2, 2, int(30 * scale) + 4, scale
+
+
+def write_digits(image: np.ndarray, index: int) -> None:
+    """The frame number in readable digits (white on black) under the marks, for a person watching."""
+    import cv2
+
+    height, width = image.shape[:2]
+    top, left, box_h, scale = digits_box(width, height)
+    text = str(index)
+    thickness = max(1, round(2 * scale))
+    (text_w, text_h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    if top + box_h > height:
+        return
+    image[top:top + box_h, left:min(width, left + text_w + 8)] = 0
+    cv2.putText(image, text, (left + 4, top + (box_h + text_h) // 2), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                (255, 255, 255), thickness, cv2.LINE_AA)
 
 
 def read_marks(image: np.ndarray) -> tuple[int, int] | None:
@@ -162,5 +186,6 @@ class TestSource(Source):
         image[:, bar:bar + 8] = 255
         capture_time = time.monotonic()
         write_marks(image, index, int(capture_time * 1000))
+        write_digits(image, index)
         return Frame(image=image, pts=index, time_base=self.time_base, capture_time=capture_time,
                      stream_id="default", index=index)
