@@ -178,3 +178,32 @@ def test_testsrc_writes_the_frame_number_in_digits_under_the_marks() -> None:
         assert box[:, :4].max() == 0 and 0.05 < boxes[index].mean() < 0.6  # white strokes on a black box
     assert boxes[12345].sum() > boxes[7].sum()  # five digits take more ink than one
     assert not np.array_equal(boxes[7], boxes[8])
+
+
+def test_an_rtsp_address_that_does_not_answer_says_so(tmp_path: Path) -> None:
+    """A port on 127.0.0.1 that takes the connection and closes it without a word (FFmpeg: 'Invalid data
+    found when processing input')."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    closed = threading.Event()
+
+    def close_every_connection() -> None:
+        while not closed.is_set():
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            connection.close()
+
+    threading.Thread(target=close_every_connection, daemon=True).start()
+    try:
+        done = streamer("run", "--source", f"rtsp://127.0.0.1:{port}/cam", "--sink", "out.mkv", "--preset",
+                        "passthrough", cwd=tmp_path, timeout=120)
+    finally:
+        closed.set()
+        listener.close()
+    line = one_error_line(done)
+    assert f"127.0.0.1:{port} did not answer as an RTSP server" in line and "Invalid data" not in line
