@@ -207,3 +207,40 @@ def test_an_rtsp_address_that_does_not_answer_says_so(tmp_path: Path) -> None:
         listener.close()
     line = one_error_line(done)
     assert f"127.0.0.1:{port} did not answer as an RTSP server" in line and "Invalid data" not in line
+
+
+def test_a_virtual_camera_held_by_another_program_is_called_busy_and_the_program_named(tmp_path: Path) -> None:
+    """No v4l2loopback here: its sysfs entries are laid out in a folder (a loopback device is a virtual
+    device, a camera hangs off USB), the device node is a file, and a real second process holds it open,
+    found through the real /proc."""
+    from streamer.sinks.virtualcam import busy_device_hint, loopback_devices
+
+    sysfs = tmp_path / "sys"
+    for parent, name, label in (("devices/virtual/video4linux", "video7", "streamer"),
+                                ("devices/pci0000:00/usb1/1-1/video4linux", "video0", "HD Webcam")):
+        (sysfs / parent / name).mkdir(parents=True)
+        (sysfs / parent / name / "name").write_text(label + "\n")
+        (sysfs / "class" / "video4linux").mkdir(parents=True, exist_ok=True)
+        (sysfs / "class" / "video4linux" / name).symlink_to(sysfs / parent / name)
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    (dev / "video7").write_bytes(b"")
+    (dev / "video0").write_bytes(b"")
+    classes = sysfs / "class" / "video4linux"
+    assert busy_device_hint(None, loopback_devices(classes, dev)) == (
+        f"virtual camera: {dev}/video7 (streamer) is in use by another program (not visible to this user; "
+        f"`sudo fuser -v {dev}/video7` names it); close that program's virtual camera, or add a device "
+        "('sudo modprobe -r v4l2loopback && sudo modprobe v4l2loopback devices=2 exclusive_caps=1') and pass "
+        "virtualcam:/dev/videoN")
+    holder = subprocess.Popen([sys.executable, "-c", f"f = open({str(dev / 'video7')!r}, 'rb'); print('ready', "
+                               "flush=True); import time; time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        comm = Path(f"/proc/{holder.pid}/comm").read_text().strip()
+        hint = busy_device_hint(None, loopback_devices(classes, dev))
+        assert f"{dev}/video7 (streamer) is in use by {comm} (pid {holder.pid})" in hint
+        assert "video0" not in hint  # the webcam is not a virtual camera
+        assert busy_device_hint(f"{dev}/video9", loopback_devices(classes, dev)) is None  # asked for another
+    finally:
+        holder.kill()
+        holder.wait(10)
