@@ -162,22 +162,27 @@ def test_file_progress_follows_the_terminal(tmp_path: Path) -> None:
 
 
 def test_testsrc_writes_the_frame_number_in_digits_under_the_marks() -> None:
+    """White 5x7 digits on black under the marks; the marks still read back. Each digit is compared with the
+    one drawn for a one-digit frame number: 12345 is written as 1, 2, 3, 4, 5 side by side."""
     import numpy as np
 
     from streamer.sources.testsrc import TestSource, digits_box, read_marks
 
     source = TestSource(320, 180, 30)
     source.open()
-    top, left, box_h, _ = digits_box(320, 180)
-    boxes = {}
-    for index in (7, 8, 12345):
+    top, left, scale = digits_box(320, 180)
+    cell_w, cell_h = 6 * scale, 9 * scale  # a glyph, a column of space before it, a row above and below
+
+    def cells(index: int) -> list[np.ndarray]:
         image = source._make_frame(index).image
         assert read_marks(image)[0] == index  # the machine-readable marks are intact
-        box = image[top:top + box_h, left:left + 80].max(axis=2)
-        boxes[index] = box > 127
-        assert box[:, :4].max() == 0 and 0.05 < boxes[index].mean() < 0.6  # white strokes on a black box
-    assert boxes[12345].sum() > boxes[7].sum()  # five digits take more ink than one
-    assert not np.array_equal(boxes[7], boxes[8])
+        text = image[top:top + cell_h, left:left + cell_w * len(str(index))]
+        assert set(np.unique(text)) <= {0, 255} and (text == 255).any()
+        return [text[:, i * cell_w:(i + 1) * cell_w] for i in range(len(str(index)))]
+
+    singles = {d: cells(d)[0] for d in range(10)}
+    assert len({c.tobytes() for c in singles.values()}) == 10  # ten different glyphs
+    assert all(np.array_equal(c, singles[int(d)]) for c, d in zip(cells(1234567890), "1234567890", strict=True))
 
 
 def test_an_rtsp_address_that_does_not_answer_says_so(tmp_path: Path) -> None:

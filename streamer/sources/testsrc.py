@@ -38,27 +38,33 @@ def write_marks(image: np.ndarray, index: int, capture_ms: int) -> None:
         image[row * block_h:(row + 1) * block_h, :strip.size] = strip[None, :, None]
 
 
-def digits_box(width: int, height: int) -> tuple[int, int, int, float]:
-    """Where the frame number is written as digits, below the marks: top, left, box height, font scale."""
+# 5x7 pixel digits, drawn with numpy: OpenCV's text costs tens of ms on its first call in each thread, late
+# enough to make a live source skip frames.
+_GLYPHS = np.array([[[c == "#" for c in row] for row in glyph.split("/")] for glyph in (
+    ".###./#...#/#..##/#.#.#/##..#/#...#/.###.", "..#../.##../..#../..#../..#../..#../.###.",
+    ".###./#...#/....#/...#./..#../.#.../#####", "#####/...#./..#../...#./....#/#...#/.###.",
+    "...#./..##./.#.#./#..#./#####/...#./...#.", "#####/#..../####./....#/....#/#...#/.###.",
+    "..##./.#.../#..../####./#...#/#...#/.###.", "#####/....#/...#./..#../.#.../.#.../.#...",
+    ".###./#...#/#...#/.###./#...#/#...#/.###.", ".###./#...#/#...#/.####/....#/...#./.##..")])
+
+
+def digits_box(width: int, height: int) -> tuple[int, int, int]:
+    """Where the frame number is written as digits, below the marks: top, left, and the size of one font
+    pixel in image pixels."""
     block_h = _mark_geometry(width, height)[1]
-    scale = max(0.4, height / 360)
-    return MARK_ROWS * block_h + 2, 2, int(30 * scale) + 4, scale
+    return MARK_ROWS * block_h + 2, 2, max(1, height // 90)
 
 
 def write_digits(image: np.ndarray, index: int) -> None:
     """The frame number in readable digits (white on black) under the marks, for a person watching."""
-    import cv2
-
     height, width = image.shape[:2]
-    top, left, box_h, scale = digits_box(width, height)
-    text = str(index)
-    thickness = max(1, round(2 * scale))
-    (text_w, text_h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
-    if top + box_h > height:
-        return
-    image[top:top + box_h, left:min(width, left + text_w + 8)] = 0
-    cv2.putText(image, text, (left + 4, top + (box_h + text_h) // 2), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                (255, 255, 255), thickness, cv2.LINE_AA)
+    top, left, scale = digits_box(width, height)
+    glyphs = [np.pad(_GLYPHS[int(d)], ((1, 1), (1, 0))) for d in str(index)]
+    text = np.pad(np.concatenate(glyphs, axis=1), ((0, 0), (0, 1)))
+    text = np.repeat(np.repeat(text, scale, axis=0), scale, axis=1)
+    h, w = min(text.shape[0], height - top), min(text.shape[1], width - left)
+    if h > 0 and w > 0:
+        image[top:top + h, left:left + w] = (text[:h, :w, None] * 255).astype(np.uint8)
 
 
 def read_marks(image: np.ndarray) -> tuple[int, int] | None:
