@@ -23,12 +23,15 @@ def test_the_wheel_runs_a_preset_outside_the_repository(tmp_path: Path) -> None:
     for package in ("streamer", "pipelines"):
         shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", str(source), "-w", str(tmp_path / "dist")],
-                   check=True, capture_output=True, timeout=300, cwd=tmp_path)
+    # No build isolation and no index: the build uses this environment's setuptools, nothing is downloaded.
+    built = subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", str(source), "-w",
+                            str(tmp_path / "dist")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
     wheel = next((tmp_path / "dist").glob("streamer-*.whl"))
     target = tmp_path / "site"
-    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)], check=True,
-                   capture_output=True, timeout=300, cwd=tmp_path)
+    installed = subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)],
+                               capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert installed.returncode == 0, installed.stderr
     work = tmp_path / "work"
     work.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}
