@@ -93,10 +93,10 @@ def test_a_config_files_unknown_setting_suggests_the_known_one(tmp_path: Path) -
     assert line.endswith("bad setting num_inference_steps: must be 1-8, got 12")
 
 
-def test_a_bad_device_is_refused_before_the_model_libraries_load(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [["file", "in.mp4", "out.mp4", "--preset", "tiny"], ["bench", "--quick"]])
+def test_a_bad_device_is_refused_before_the_model_libraries_load(tmp_path: Path, command: list[str]) -> None:
     """Python's import log shows what was imported before the refusal: nothing of diffusers."""
-    done = streamer("file", "in.mp4", "out.mp4", "--preset", "tiny", "--device", "gpu", cwd=tmp_path,
-                    python_flags=("-X", "importtime"))
+    done = streamer(*command, "--device", "gpu", cwd=tmp_path, python_flags=("-X", "importtime"))
     assert done.returncode == 2
     assert "streamer: error: unknown device 'gpu'" in done.stderr and "Traceback" not in done.stderr
     imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time")]

@@ -57,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipelines.loading import resolve_device
+
+    resolve_device(args.device)  # a bad --device fails now, not after diffusers and the models have loaded
     from streamer.bench import print_table, run_bench, spread_warning, write_json
 
     if args.preset:
