@@ -7,7 +7,7 @@
 #   file    `streamer file` end to end at 512x512, batch 16 (compiled code comes from bench's cache)
 #   memory  10,000 frames at batch 16, GPU and host memory sampled every 1,000
 #   nvdec   PyAV's h264_cuvid against CPU decoding
-#   sdxl    (only when named in STAGES: a call of its own) `streamer bench --size sdxl` at 1024x1024
+#   sdxl    (only when named in STAGES: a call of its own) `streamer bench --arch sdxl` at 1024x1024
 # Results land in $OUT, one file per stage. STAGES="smoke file" runs only those.
 #
 # The machine has torch, transformers, opencv and numpy but not diffusers, av or pydantic, and no network:
@@ -50,6 +50,6 @@ stage file 100 python3 benchmarks/bench_file.py --preset sd15-random --device cu
 stage memory 95 python3 benchmarks/bench_memory.py --preset sd15-random --device cuda --batch 16 \
     --frames 10000 --every 1000
 stage nvdec 20 python3 benchmarks/nvdec_probe.py --seconds 20 --size 512x512
-stage sdxl 540 python3 -m streamer bench --device cuda --size sdxl --batch 1,4 --steps 1,2 --vae taesd \
+stage sdxl 540 python3 -m streamer bench --device cuda --arch sdxl --batch 1,4 --steps 1,2 --vae taesd \
     --iterations 10 --json "$OUT/bench-sdxl.json"
 echo "== done at $(( $(date +%s) - T0 )) s"

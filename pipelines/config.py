@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -212,11 +213,15 @@ def _shown(value: Any) -> str:
 
 
 def explain(exc: ValidationError, model: type[BaseModel], *, prefix: str = "", unknown: str = "setting",
-            choices: tuple[str, ...] | None = None) -> str:
-    """The first error of a validation, in one line of the user's terms: which value, what it must be."""
+            choices: tuple[str, ...] | None = None, labels: Mapping[str, str] | None = None) -> str:
+    """The first error of a validation, in one line of the user's terms: which value, what it must be.
+
+    ``labels`` names settings the way the caller's user knows them, e.g. {'num_inference_steps': '--steps'}.
+    """
     err = exc.errors(include_url=False)[0]
     loc = [str(part) for part in err["loc"]]
     name = prefix + ".".join(loc)
+    name = (labels or {}).get(name, name)
     owner: type[BaseModel] | None = model
     field: FieldInfo | None = None
     for part in loc:  # walk into nested settings (smoothing.input_blend)
@@ -228,7 +233,8 @@ def explain(exc: ValidationError, model: type[BaseModel], *, prefix: str = "", u
     if err["type"] == "extra_forbidden":
         names = choices if choices is not None and len(loc) == 1 else (
             tuple(owner.model_fields) if owner is not None else ())
-        known = f"; choose from: {', '.join(names)}" if names else ""
+        close = difflib.get_close_matches(loc[-1], names, n=1) if loc else []
+        known = f"; did you mean {close[0]}?" if close else (f"; choose from: {', '.join(names)}" if names else "")
         return f"unknown {unknown} {name!r}{known}"
     message = str(err["msg"]).removeprefix("Value error, ")
     what = describe(field) if field is not None and loc else None

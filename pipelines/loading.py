@@ -78,10 +78,43 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def _is_folder(model_id: str) -> bool:
+    return Path(model_id).expanduser().exists() or model_id.startswith((".", "/", "~"))
+
+
+def _in_cache(model_id: str, filename: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(model_id, filename), str)
+
+
+# What each of a config's hub ids must hold: the file that shows it is in the local cache.
+_MODEL_FILES = (("model_id", "model_index.json"), ("lora_id", "pytorch_lora_weights.safetensors"),
+                ("vae_id", "config.json"))
+
+
+def check_downloaded(config: PipelineConfig) -> None:
+    """Offline, every hub model the config needs and the cache lacks, named at once with one command that
+    fetches them all: one trip to a machine with network, not one per model."""
+    needed = [(key, getattr(config, key)) for key, _ in _MODEL_FILES]
+    missing = [(key, model_id) for (key, model_id), (_, filename) in zip(needed, _MODEL_FILES, strict=True)
+               if model_id and not _is_folder(model_id) and not _in_cache(model_id, filename)]
+    if not missing or hub_reachable():
+        return
+    keys = list(dict.fromkeys(key for key, _ in missing))
+    keys_text = " and ".join([", ".join(keys[:-1]), keys[-1]] if len(keys) > 1 else keys)
+    raise PipelineError(
+        f"offline (the Hugging Face hub cannot be reached) and not in the local cache: "
+        f"{', '.join(model_id for _, model_id in missing)}; where there is network run "
+        f"`{' && '.join(f'hf download {model_id}' for _, model_id in missing)}` and copy ~/.cache/huggingface "
+        f"here, or set {keys_text} to {'a local folder' if len(keys) == 1 else 'local folders'} "
+        f"(--config FILE with {missing[0][0]}: /path/to/folder)")
+
+
 def locate(model_id: str, what: str, required: tuple[str, ...] = ()) -> str:
     """Check a hub id or folder before diffusers tries it; return what to pass to from_pretrained."""
     path = Path(model_id).expanduser()
-    if path.exists() or model_id.startswith((".", "/", "~")):
+    if _is_folder(model_id):
         if not path.is_dir():
             raise PipelineError(f"{what} folder {model_id} does not exist")
         missing = [name for name in required if not (path / name).exists()]
@@ -90,16 +123,13 @@ def locate(model_id: str, what: str, required: tuple[str, ...] = ()) -> str:
                 f"{model_id} is not a diffusers {what}: missing {', '.join(missing)} (save one with "
                 "save_pretrained, or download a hub model with `hf download <id> --local-dir <folder>`)")
         return str(path)
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(model_id, required[0] if required else "config.json")
-    if isinstance(cached, str):
+    if _in_cache(model_id, required[0] if required else "config.json"):
         return model_id
     if not hub_reachable():
         raise PipelineError(
             f"{what} {model_id!r} is not in the local Hugging Face cache and the hub cannot be reached "
             f"(offline); download it where there is network with `hf download {model_id}`, "
-            "or point the preset's model setting at a local folder")
+            "or set model_id (vae_id, lora_id) to a local folder")
     return model_id
 
 
@@ -145,13 +175,18 @@ def _swap_scheduler(pipe: Any, family: str) -> Any:
     return pipe.scheduler
 
 
-def load_components(config: PipelineConfig) -> ModelComponents:
+def quiet_libraries() -> None:
+    """diffusers' and transformers' import- and load-time chatter (torchvision hints, dtype notes) is not for
+    our users; errors still raise. Call before importing diffusers' pipeline classes."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    # Their load-time chatter (torchvision hints, dtype notes) is not for our users; errors still raise.
     diffusers_logging.set_verbosity_error()
     transformers_logging.set_verbosity_error()
+
+
+def load_components(config: PipelineConfig) -> ModelComponents:
+    quiet_libraries()
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     if config.family == "tiny":
@@ -175,6 +210,7 @@ def load_components(config: PipelineConfig) -> ModelComponents:
         return ModelComponents(parts["unet"].to(device, dtype), parts["vae"].to(device, dtype),
                                parts["scheduler"], None, "analytic", False, device, dtype)
     else:
+        check_downloaded(config)
         pipe = _load_prompt_pipe(config, dtype)
     vae = pipe.vae
     if config.vae_id:

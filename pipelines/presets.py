@@ -1,4 +1,4 @@
-"""Named presets (configs/presets/*.yaml) -> PipelineConfig -> a ready pipeline."""
+"""Named presets (pipelines/preset_files/*.yaml, shipped as package data) -> PipelineConfig -> a ready pipeline."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pipelines.config import PipelineConfig, explain
 from pipelines.errors import PipelineError
 from pipelines.frames import FramePipeline
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs" / "presets"
+PRESETS_DIR = Path(__file__).resolve().parent / "preset_files"
 DEFAULT_PRESET = "lcm-dreamshaper"
 
 
@@ -41,8 +41,10 @@ def preset_settings(name: str) -> dict[str, Any]:
     return read_yaml(path)
 
 
-def build_config(preset: str | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """A preset's settings with ``overrides`` on top (nested dicts merge, e.g. smoothing)."""
+def build_config(preset: str | None = None, overrides: dict[str, Any] | None = None,
+                 labels: dict[str, str] | None = None) -> PipelineConfig:
+    """A preset's settings with ``overrides`` on top (nested dicts merge, e.g. smoothing). ``labels`` names
+    settings in the caller's terms for its messages, e.g. {'num_inference_steps': '--steps'}."""
     settings = preset_settings(preset or DEFAULT_PRESET)
     for key, value in (overrides or {}).items():
         if isinstance(value, dict) and isinstance(settings.get(key), dict):
@@ -52,7 +54,10 @@ def build_config(preset: str | None = None, overrides: dict[str, Any] | None = N
     try:
         return PipelineConfig(**settings)
     except ValidationError as exc:
-        raise PipelineError(f"bad setting: {explain(exc, PipelineConfig)}") from None
+        message = explain(exc, PipelineConfig, labels=labels)
+        labelled = ".".join(str(p) for p in exc.errors()[0]["loc"]) in (labels or {})
+        raise PipelineError(message if labelled or message.startswith("unknown") else f"bad setting: {message}") \
+            from None
 
 
 def load_pipeline(config: PipelineConfig | str | None = None, **overrides: Any) -> FramePipeline:

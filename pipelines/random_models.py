@@ -32,11 +32,11 @@ def random_components(size: str, *, dtype: torch.dtype = torch.float32, seed: in
     UNet with the guidance embedding) or ``StableDiffusionXLImg2ImgPipeline(**c)`` (SDXL sizes: two text
     encoders, pooled embeddings, size conditioning), with the full VAE, plus ``taesd``: a tiny autoencoder
     of the matching family. ``init_device="meta"`` builds the architecture without any weights."""
-    from diffusers.utils import logging as diffusers_logging
+    from pipelines.loading import quiet_libraries
 
     if size not in SIZES:
         raise ValueError(f"unknown model size {size!r}; choose one of {', '.join(SIZES)}")
-    diffusers_logging.set_verbosity_error()  # its notes on casting dtypes are not for our users
+    quiet_libraries()
     torch.manual_seed(seed)
     if size == "tiny":
         parts = tiny_components("lcm", seed=seed, full_vae=True)

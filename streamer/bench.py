@@ -20,7 +20,7 @@ import torch
 from pipelines.compiled import enable_compile, should_compile, speed_up_modules, warm_up
 from pipelines.config import PipelineConfig
 from pipelines.lcm_img2img import StreamPipeline
-from pipelines.loading import ModelComponents, resolve_device, resolve_dtype
+from pipelines.loading import ModelComponents, quiet_libraries, resolve_device, resolve_dtype
 from pipelines.random_models import is_sdxl, random_components
 from pipelines.schedules import img2img_inference_steps
 
@@ -37,6 +37,7 @@ class BenchRow:
     unet_tflops: float | None = None  # UNet FLOPs of the frames / the whole step's time: a lower bound
     peak_memory_mb: float | None = None  # GPU memory allocated at the peak of the row (CUDA only)
     compile_s: float | None = None  # compiling this batch size, on the first row that needed it
+    spread: float | None = None  # (slowest - fastest) / median of the timed calls; None with one call
 
 
 def _sync(device: torch.device) -> None:
@@ -44,8 +45,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(fn: Callable[[], object], device: torch.device, *, warmup: int, iterations: int) -> float:
-    """Median seconds of one call."""
+def time_call(fn: Callable[[], object], device: torch.device, *, warmup: int, iterations: int) -> list[float]:
+    """Seconds of each of ``iterations`` calls, after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
     times = []
@@ -55,7 +56,26 @@ def time_call(fn: Callable[[], object], device: torch.device, *, warmup: int, it
         fn()
         _sync(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+# Rows whose timed calls differ by more than this (relative to their median) make the comparison unreliable.
+WIDE_SPREAD = 0.25
+
+
+def spread_warning(result: dict) -> str | None:
+    """One line when the timings cannot be trusted: calls of a row that varied widely (a busy machine), or
+    too few calls to tell."""
+    spreads = [r["spread"] for r in result["rows"] if r.get("spread") is not None]
+    iterations = result.get("iterations", 0)
+    if spreads and max(spreads) > WIDE_SPREAD:
+        return (f"timed calls within a row varied by up to {max(spreads):.0%} of their median (the machine "
+                f"is busy, or {iterations} calls are too few): the ratios are not reliable; close other "
+                "programs or raise --iterations")
+    if iterations < 3:
+        return (f"only {iterations} timed call(s) per row: too few to tell a busy machine from a real "
+                "difference, the ratios may be off; use --iterations 5 or more")
+    return None
 
 
 def unet_flops_per_frame(unet: torch.nn.Module, sample: torch.Tensor, timestep: torch.Tensor,
@@ -85,8 +105,10 @@ class _Measure:
         cuda = self.device.type == "cuda"
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
-        seconds = time_call(fn, self.device, warmup=self.warmup, iterations=self.iterations)
-        row = BenchRow(name, vae, batch, steps, seconds * 1000 / batch, batch / seconds, compile_s=compile_s)
+        times = time_call(fn, self.device, warmup=self.warmup, iterations=self.iterations)
+        seconds = statistics.median(times)
+        row = BenchRow(name, vae, batch, steps, seconds * 1000 / batch, batch / seconds, compile_s=compile_s,
+                       spread=(max(times) - min(times)) / seconds if len(times) > 1 else None)
         row.ratio_vs_diffusers = 1.0 if baseline is None else baseline.ms_per_frame / row.ms_per_frame
         if self.unet_flops:
             row.unet_tflops = self.unet_flops * steps * batch / seconds / 1e12
@@ -102,7 +124,8 @@ class _Measure:
 
 def _row_json(r: BenchRow) -> dict:
     out = asdict(r)
-    for key in ("ms_per_frame", "fps", "ratio_vs_diffusers", "unet_tflops", "peak_memory_mb", "compile_s"):
+    for key in ("ms_per_frame", "fps", "ratio_vs_diffusers", "unet_tflops", "peak_memory_mb", "compile_s",
+                "spread"):
         if out[key] is not None:
             out[key] = round(out[key], 6 if key == "unet_tflops" else 3)
     return out
@@ -134,6 +157,7 @@ def run_bench(*, size: str, device_name: str, dtype_name: str, resolution: int, 
     SD sizes: an LCM checkpoint's UNet (guidance embedding, w = 8) against
     ``LatentConsistencyModelImg2ImgPipeline``. SDXL sizes: LCM-LoRA style (LCMScheduler, img2img timesteps,
     guidance 1) against ``StableDiffusionXLImg2ImgPipeline``."""
+    quiet_libraries()  # before diffusers' pipeline classes are imported: they warn at import
     sdxl = is_sdxl(size)
     if sdxl:
         from diffusers import StableDiffusionXLImg2ImgPipeline as Reference

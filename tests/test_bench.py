@@ -28,6 +28,21 @@ def test_quick_bench_json(tmp_path):
         assert abs(row["ratio_vs_diffusers"] - base / row["ms_per_frame"]) < 0.01 * row["ratio_vs_diffusers"] + 0.01
     assert result["unet_gflop_per_frame"] > 0 and result["machine"]["diffusers"]
     assert "diffusers" in proc.stdout and "ms/frame" in proc.stdout
+    # The libraries' import chatter (torchvision hints) is silenced as in the other commands.
+    assert "[transformers]" not in proc.stderr and "torchvision" not in proc.stderr
+    # Two calls per row: each row says how far its calls varied, and the run says the ratios are shaky.
+    assert all(row["spread"] is not None and row["spread"] >= 0 for row in rows)
+    assert "streamer: warning: " in proc.stderr and "--iterations" in proc.stderr
+
+
+def test_spread_warning_reads_the_rows():
+    from streamer.bench import WIDE_SPREAD, spread_warning
+
+    steady = {"iterations": 20, "rows": [{"spread": 0.05}, {"spread": WIDE_SPREAD / 2}]}
+    assert spread_warning(steady) is None
+    busy = {"iterations": 20, "rows": [{"spread": 0.05}, {"spread": 1.8}]}
+    assert "varied by up to 180% of their median" in spread_warning(busy)
+    assert "too few" in spread_warning({"iterations": 1, "rows": [{"spread": None}]})
 
 
 def test_bench_bad_output_folder(tmp_path):
@@ -41,7 +56,7 @@ def test_quick_bench_sdxl_path(tmp_path):
     """SDXL sizes: two text encoders, pooled embeddings, size conditioning, against diffusers' SDXL img2img."""
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "streamer", "bench", "--device", "cpu", "--quick",
-                           "--size", "tiny-sdxl", "--batch", "2", "--steps", "1", "--vae", "taesd",
+                           "--arch", "tiny-sdxl", "--batch", "2", "--steps", "1", "--vae", "taesd",
                            "--iterations", "1", "--json", str(out)], capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())

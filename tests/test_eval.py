@@ -94,7 +94,7 @@ def streamer(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["analytic", "tiny"])
 def test_cli_runs_a_preset_and_writes_json_and_png(tmp_path: Path, preset: str) -> None:
-    result = streamer("eval", "--preset", preset, "--frames", "6", "--size", "64x48", "--json", "r.json",
+    result = streamer("eval", "--preset", preset, "--frames", "6", "--clip-size", "64x48", "--json", "r.json",
                       "--plot", "r.png", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "r.json").read_text())

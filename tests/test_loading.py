@@ -57,6 +57,25 @@ def test_offline_default_preset_names_the_model_and_how_to_get_it(offline):
     message = str(err.value)
     assert "SimianLuo/LCM_Dreamshaper_v7" in message and "hf download" in message and "offline" in message
     assert "\n" not in message
+    # Every model the preset needs, in one command: one trip to a machine with network, not two.
+    assert "`hf download SimianLuo/LCM_Dreamshaper_v7 && hf download madebyollin/taesd`" in message
+    assert "model_id and vae_id" in message and "model setting" not in message
+
+
+def test_offline_lora_preset_names_the_base_model_the_lora_and_the_autoencoder(offline):
+    with pytest.raises(PipelineError) as err:
+        load_pipeline("sd15-lcm-lora")
+    assert ("`hf download stable-diffusion-v1-5/stable-diffusion-v1-5 && hf download "
+            "latent-consistency/lcm-lora-sdv1-5 && hf download madebyollin/taesd`") in str(err.value)
+    assert "model_id, lora_id and vae_id" in str(err.value)
+
+
+def test_offline_a_local_model_folder_is_not_asked_for(offline, tmp_path):
+    """model_id a folder (not a hub id), only the autoencoder missing: only it is named."""
+    (tmp_path / "model").mkdir()
+    with pytest.raises(PipelineError) as err:
+        load_pipeline(None, model_id=str(tmp_path / "model"))
+    assert "`hf download madebyollin/taesd`" in str(err.value) and "set vae_id to a local folder" in str(err.value)
 
 
 def test_offline_streamer_file_default_preset_is_one_line(tmp_path):

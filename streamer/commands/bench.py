@@ -6,6 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from streamer.config import parse_size
+
+ARCHS = ["tiny", "sd15", "tiny-sdxl", "sdxl"]
+
 
 def _ints(text: str) -> list[int]:
     try:
@@ -25,17 +29,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"])
     parser.add_argument("--quick", action="store_true",
                         help="tiny components at 64x64: a few seconds on a CPU, checks the harness, not speed")
-    parser.add_argument("--size", choices=["tiny", "sd15", "tiny-sdxl", "sdxl"], default=None,
+    parser.add_argument("--arch", choices=ARCHS, default=None,
                         help="model architecture (default sd15; sdxl is SDXL base's 2.6 B UNet, tiny-sdxl checks "
                              "that path in seconds)")
-    parser.add_argument("--resolution", type=int, default=None,
-                        help="square frame size (default 512; 1024 for sdxl; 64 for the tiny sizes)")
+    parser.add_argument("--size", choices=ARCHS, dest="arch", help=argparse.SUPPRESS)  # the old name of --arch
+    parser.add_argument("--resolution", type=parse_size, default=None, metavar="WxH",
+                        help="size the model works at, square: 512 or 512x512 (default 512; 1024 for sdxl; 64 "
+                             "for the tiny architectures)")
     parser.add_argument("--batch", type=_ints, default=None, help="batch sizes of the frame step, e.g. 1,4,8,16")
     parser.add_argument("--steps", type=_ints, default=[1, 2], help="denoising steps to time (default 1,2)")
     parser.add_argument("--vae", choices=["taesd", "full", "both"], default="both",
                         help="VAE of the frame step's rows (diffusers is timed with both either way)")
-    parser.add_argument("--strength", type=float, default=0.5)
-    parser.add_argument("--iterations", type=int, default=None, help="timed calls per row (median reported)")
+    parser.add_argument("--strength", type=float, default=0.5, help="0-1: how far from the input (default 0.5)")
+    parser.add_argument("--iterations", type=int, default=None, metavar="N",
+                        help="timed calls per row, median reported (default 20; 5 with --quick); a warning "
+                             "says when they varied too much to trust")
     parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                         help="also time the compiled frame step (default auto: on CUDA only); batch sizes "
                              "compile one at a time, in the order --batch gives them")
@@ -49,14 +57,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from streamer.bench import print_table, run_bench, write_json
+    from pipelines.loading import resolve_device
+
+    resolve_device(args.device)  # a bad --device fails now, not after diffusers and the models have loaded
+    from streamer.bench import print_table, run_bench, spread_warning, write_json
 
     if args.preset:
         from pipelines.presets import build_config
 
         build_config(args.preset, {"device": args.device})
-    size = args.size or ("tiny" if args.quick else "sd15")
-    resolution = args.resolution or {"sd15": 512, "sdxl": 1024}.get(size, 64)
+    if args.iterations is not None and args.iterations < 1:
+        raise ValueError(f"--iterations must be at least 1, got {args.iterations}")
+    size = args.arch or ("tiny" if args.quick else "sd15")
+    width, height = args.resolution or (({"sd15": 512, "sdxl": 1024}.get(size, 64),) * 2)
+    if width != height:
+        raise ValueError(f"--resolution: bench times square frames; give {width} or {width}x{width}")
+    resolution = width
     if resolution % 8:
         raise ValueError(f"--resolution must be a multiple of 8, got {resolution}")
     if args.json is not None and not args.json.parent.exists():
@@ -73,4 +89,7 @@ def run(args: argparse.Namespace) -> int:
     print_table(result)
     if args.json is not None:
         write_json(result, args.json)
+    warning = spread_warning(result)
+    if warning:
+        print(f"streamer: warning: {warning}", file=sys.stderr)
     return 0

@@ -32,8 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clips", default="still,moving,cut",
                         help="generated clips to run, comma separated: still, moving, cut (default all)")
     parser.add_argument("--frames", type=int, default=24, help="frames per generated clip (default 24)")
-    parser.add_argument("--size", type=parse_size, default=(256, 192), metavar="WxH",
+    parser.add_argument("--clip-size", type=parse_size, default=(256, 192), metavar="WxH",
                         help="size of the generated clips (default 256x192)")
+    parser.add_argument("--size", type=parse_size, dest="clip_size", help=argparse.SUPPRESS)  # old name
     parser.add_argument("--json", type=Path, default=None, help="write the full report (per frame too) here")
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG of the per-frame curves here")
     add_pipeline_args(parser)
@@ -80,7 +81,7 @@ def _run_model(args: argparse.Namespace) -> dict[str, Any]:
         unknown = [n for n in names if n not in CLIP_NAMES]
         if unknown or not names:
             raise ValueError(f"--clips takes names from {', '.join(CLIP_NAMES)}, got {args.clips!r}")
-        width, height = args.size
+        width, height = args.clip_size
         clips = [make_clip(n, args.frames, width, height) for n in names]
     pipe = load_pipeline(config)
     return evaluate_pipeline(pipe, clips, config.smoothing.model_dump())

@@ -30,8 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--batch", type=int, default=4,
                      help="frames per model call (default 4; on a GPU 8-16 is faster); larger uses more GPU "
                           "memory, and on CUDA the step is compiled for this size")
-    out.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                     help="progress bar with fps and ETA on stderr (default on)")
+    out.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="progress bar with fps and ETA on stderr (default: when stderr is a terminal)")
     add_pipeline_args(parser)
 
 
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     pipeline = load_pipeline(config.model_copy(update={"compile_batch_sizes": [args.batch]}))
     summary = stylize_file(
         args.input, args.output, pipeline, batch=args.batch, size=args.size, codec=codec,
-        crf=args.crf, progress=args.progress,
+        crf=args.crf, progress=sys.stderr.isatty() if args.progress is None else args.progress,
         encoder_options={"preset": args.encoder_preset} if args.encoder_preset else None,
     )
     problem = summary.problem()

@@ -16,7 +16,7 @@ from types import FrameType
 from typing import Any
 
 from pipelines.presets import read_yaml
-from streamer.config import add_pipeline_args, pipeline_config_from_args
+from streamer.config import add_pipeline_args, parse_size, pipeline_config_from_args
 from streamer.server.auth import add_access_arguments, allowed_host_names, token_from_args
 
 EXAMPLES = """examples:
@@ -50,8 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--sink", action="append", default=None, metavar="SINK",
                     help="repeatable: virtualcam, virtualcam:/dev/video10, preview, out.mp4, udp://..., "
                          "srt://...?mode=listener, rtsp://...")
-    io.add_argument("--width", type=int, default=None, help="ask the source for this width (scaled if needed)")
-    io.add_argument("--height", type=int, default=None, help="ask the source for this height")
+    io.add_argument("--source-size", type=parse_size, default=None, metavar="WxH",
+                    help="ask the source for this size (scaled if it gives another)")
+    io.add_argument("--width", type=int, default=None, help=argparse.SUPPRESS)  # old spelling of --source-size
+    io.add_argument("--height", type=int, default=None, help=argparse.SUPPRESS)
     io.add_argument("--fps", type=float, default=None, help="ask a camera or testsrc for this frame rate")
     io.add_argument("--realtime", action="store_true",
                     help="play a file at its own rate, as if live (otherwise as fast as possible, no drops)")
@@ -65,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("run")
     run.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     run.add_argument("--stats", type=Path, default=None, metavar="FILE", help="write run statistics as JSON")
-    run.add_argument("--progress", action="store_true", help="show the live status line even when not a terminal")
+    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="live status line on stderr (default: when stderr is a terminal)")
     run.add_argument("--control-port", type=int, default=None, metavar="N",
                      help="HTTP control on 127.0.0.1:N (GET/POST /params, GET /stats, /metrics); 0 = off")
     add_access_arguments(run, "the control port")
@@ -113,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
     from streamer.sources import open_source
 
     setup = _setup_from_file(args.config)
+    if args.source_size is not None:
+        args.width, args.height = args.source_size
 
     def pick(name: str, default: Any = None) -> Any:
         value = getattr(args, name, None)
@@ -165,7 +170,8 @@ def _run_opened(args: argparse.Namespace, source: Any, sinks: list, config: Any,
 
     stats = RunStats()
     stats_path = pick("stats")
-    show_progress = bool(pick("progress", False)) or sys.stderr.isatty()
+    progress = pick("progress") if args.progress is None else args.progress  # --no-progress wins over the file
+    show_progress = sys.stderr.isatty() if progress is None else bool(progress)
     worker = GpuWorker(pipeline, on_batch=stats.batch)
     server = None
     try:

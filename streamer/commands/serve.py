@@ -21,24 +21,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 = any free port)")
     add_access_arguments(g, "signalling, controls and /metrics")
     g.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without --token")
-    g.add_argument("--max-sessions", type=int, default=4,
+    g.add_argument("--max-sessions", type=int, default=4, metavar="N",
                    help="most stylized streams at once (browser + WHIP); more get 503 (default 4)")
-    g.add_argument("--max-viewers", type=int, default=32, help="most WHEP / /watch viewers at once (default 32)")
-    g.add_argument("--idle-timeout", type=float, default=10.0,
+    g.add_argument("--max-viewers", type=int, default=32, metavar="N", help="most WHEP / /watch viewers at once (default 32)")
+    g.add_argument("--idle-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="close a session whose peer sent no frame (a viewer: answered no ICE consent "
                         "check) for this many seconds (default 10)")
-    g.add_argument("--connect-timeout", type=float, default=15.0,
+    g.add_argument("--connect-timeout", type=float, default=15.0, metavar="SECONDS",
                    help="close a session whose peer has not connected this many seconds after its offer, "
                         "freeing its slot (default 15)")
-    g.add_argument("--max-batch", type=int, default=8, help="most frames in one model call (default 8)")
+    g.add_argument("--max-batch", type=int, default=8, metavar="N", help="most frames in one model call (default 8)")
     g.add_argument("--cert", type=Path, default=None, help="TLS certificate (PEM) for HTTPS")
     g.add_argument("--key", type=Path, default=None, help="TLS private key (PEM) for HTTPS")
     g.add_argument("--source", default=None,
                    help="a server-side source (rtsp://..., a file, testsrc) stylized once and shown at /watch")
     g.add_argument("--ice-server", action="append", default=[], metavar="URL",
                    help="STUN/TURN server, repeatable (stun:host:3478, turn:host:3478); default none")
-    g.add_argument("--ice-username", default=None, help="username for the TURN servers")
-    g.add_argument("--ice-credential", default=None, help="password for the TURN servers")
+    g.add_argument("--ice-username", default=None, metavar="NAME", help="username for the TURN servers")
+    g.add_argument("--ice-credential", default=None, metavar="PASSWORD", help="password for the TURN servers")
     g.add_argument("--ice-address", action="append", default=[], metavar="ADDR",
                    help="offer ICE host candidates only on this address, repeatable (e.g. 127.0.0.1 for "
                         "peers on this machine: loopback is otherwise left out)")

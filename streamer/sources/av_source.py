@@ -408,7 +408,16 @@ class NetworkSource(AvLiveSource):
         if isinstance(exc, av.error.ProtocolNotFoundError):
             return f"the FFmpeg inside PyAV was built without {self.scheme}:// support"
         reason = describe_error(exc, self.timeout)
-        host = urlsplit(self.url).hostname
+        parts = urlsplit(self.url)
+        host = parts.hostname
+        if isinstance(exc, av.error.InvalidDataError) and host:
+            # The connection was made, then closed (or answered with something else) before any reply
+            # FFmpeg understood: FFmpeg says "invalid data", the user needs to hear that the host did not answer.
+            where = f"{host}:{parts.port}" if parts.port else host
+            if self.scheme in ("rtsp", "rtsps"):
+                return (f"{where} did not answer as an RTSP server (the connection closed without a reply; "
+                        "check the address, port and path)")
+            return f"{where} did not answer with a video stream (check the address, port and path)"
         if isinstance(exc, av.error.OSError) and host:
             try:  # FFmpeg reports a failed name lookup as a bare I/O error
                 socket.getaddrinfo(host, None)

@@ -2,6 +2,7 @@
 
 The marks are big black/white blocks in the top rows (32 bits of frame index, 32 bits of capture time in
 milliseconds, then the index again inverted as a check), so they survive H.264 at crf 23 and 2x scaling.
+Under them the frame number is also written in digits, for a person watching.
 ``read_marks`` reads them back at a sink: the latency of every frame and any drop can be measured there.
 """
 
@@ -35,6 +36,35 @@ def write_marks(image: np.ndarray, index: int, capture_ms: int) -> None:
         bits = (value >> np.arange(MARK_BITS - 1, -1, -1)) & 1
         strip = np.repeat(bits.astype(np.uint8) * 255, block_w)
         image[row * block_h:(row + 1) * block_h, :strip.size] = strip[None, :, None]
+
+
+# 5x7 pixel digits, drawn with numpy: OpenCV's text costs tens of ms on its first call in each thread, late
+# enough to make a live source skip frames.
+_GLYPHS = np.array([[[c == "#" for c in row] for row in glyph.split("/")] for glyph in (
+    ".###./#...#/#..##/#.#.#/##..#/#...#/.###.", "..#../.##../..#../..#../..#../..#../.###.",
+    ".###./#...#/....#/...#./..#../.#.../#####", "#####/...#./..#../...#./....#/#...#/.###.",
+    "...#./..##./.#.#./#..#./#####/...#./...#.", "#####/#..../####./....#/....#/#...#/.###.",
+    "..##./.#.../#..../####./#...#/#...#/.###.", "#####/....#/...#./..#../.#.../.#.../.#...",
+    ".###./#...#/#...#/.###./#...#/#...#/.###.", ".###./#...#/#...#/.####/....#/...#./.##..")])
+
+
+def digits_box(width: int, height: int) -> tuple[int, int, int]:
+    """Where the frame number is written as digits, below the marks: top, left, and the size of one font
+    pixel in image pixels."""
+    block_h = _mark_geometry(width, height)[1]
+    return MARK_ROWS * block_h + 2, 2, max(1, height // 90)
+
+
+def write_digits(image: np.ndarray, index: int) -> None:
+    """The frame number in readable digits (white on black) under the marks, for a person watching."""
+    height, width = image.shape[:2]
+    top, left, scale = digits_box(width, height)
+    glyphs = [np.pad(_GLYPHS[int(d)], ((1, 1), (1, 0))) for d in str(index)]
+    text = np.pad(np.concatenate(glyphs, axis=1), ((0, 0), (0, 1)))
+    text = np.repeat(np.repeat(text, scale, axis=0), scale, axis=1)
+    h, w = min(text.shape[0], height - top), min(text.shape[1], width - left)
+    if h > 0 and w > 0:
+        image[top:top + h, left:left + w] = (text[:h, :w, None] * 255).astype(np.uint8)
 
 
 def read_marks(image: np.ndarray) -> tuple[int, int] | None:
@@ -162,5 +192,6 @@ class TestSource(Source):
         image[:, bar:bar + 8] = 255
         capture_time = time.monotonic()
         write_marks(image, index, int(capture_time * 1000))
+        write_digits(image, index)
         return Frame(image=image, pts=index, time_base=self.time_base, capture_time=capture_time,
                      stream_id="default", index=index)
