@@ -64,4 +64,4 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"streamer: warning: {problem}", file=sys.stderr)
     print(summary.report(), file=sys.stderr)
-    return signals.exit_status()
+    return signals.exit_status() if summary.interrupted else 0  # a signal after the last frame changes nothing
