@@ -175,7 +175,7 @@ def test_kill_9_never_leaves_a_broken_output(tmp_path: Path, long_clip: Path, ol
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])  # SIGINT: test_file_job's Ctrl-C test
 def test_a_stop_signal_finishes_a_playable_file_in_sync(tmp_path: Path, long_clip: Path, sig: int) -> None:
     out = tmp_path / "out.mp4"
     process = start("file", str(long_clip), str(out), *FILE, "--encoder-preset", "veryslow", cwd=tmp_path)
@@ -195,6 +195,22 @@ def test_a_stop_signal_finishes_a_playable_file_in_sync(tmp_path: Path, long_cli
     video_end = info.video_seconds[-1] + 1 / 30
     assert abs(info.audio_end - video_end) <= 4 * AAC_FRAME_SAMPLES / AUDIO_RATE
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_abandons_the_stop_and_leaves_nothing(tmp_path: Path, long_clip: Path) -> None:
+    out = tmp_path / "out.mp4"
+    process = start("file", str(long_clip), str(out), *FILE, "--encoder-preset", "veryslow", cwd=tmp_path)
+    try:
+        wait_for_partial(process, tmp_path, 60_000)
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.2)  # the clean stop (draining the encoder) takes seconds here
+        process.send_signal(signal.SIGINT)
+    finally:
+        stderr = finish(process)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    assert list(tmp_path.iterdir()) == []  # no OUT and no partial file
 
 
 @pytest.fixture
