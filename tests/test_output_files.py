@@ -260,3 +260,13 @@ def test_output_that_appears_during_the_job_is_not_replaced(tmp_path: Path) -> N
     kept = partials(tmp_path)
     assert len(kept) == 1 and probe(kept[0]).frames == 5
 
+
+
+@pytest.mark.parametrize("command", ["file", "run"])
+def test_help_gives_the_exit_status_rule_and_overwrite(tmp_path: Path, command: str) -> None:
+    done = streamer(command, "--help", cwd=tmp_path)
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    assert "-y, --overwrite" in text
+    assert "exit status: 0 when the job completed" in text
+    assert "SIGTERM (143) or SIGHUP (129)" in text
