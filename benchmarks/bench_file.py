@@ -70,7 +70,7 @@ def main() -> int:
         best = None
         for run in range(args.repeat):
             summary = stylize_file(clip, Path(folder) / "out.mp4", pipeline, batch=args.batch,
-                                   encoder_options=options)
+                                   encoder_options=options, overwrite=True)
             print(f"run {run + 1}: {summary.report()}")
             if best is None or summary.fps > best.fps:
                 best = summary

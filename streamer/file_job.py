@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import logging
 import queue
-import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ import numpy as np
 
 from pipelines.frames import FramePipeline
 from streamer.frames import Frame
+from streamer.outputs import check_output, local_path
 from streamer.picture import first_picture, upright_size
 from streamer.sinks.av_sink import AvSink
 from streamer.sources.av_source import describe_error, stream_fps, video_to_rgb
@@ -81,6 +80,8 @@ class FileJobSummary:
                 "the output holds every frame that could be read")
 
     def report(self) -> str:
+        if self.frames == 0:
+            return f"stopped before the first frame; {self.out_path} was not written"
         status = "stopped early, wrote" if self.interrupted else "wrote"
         how = f"transcoded to {self.audio_transcoded_to}" if self.audio_transcoded_to else "remuxed"
         audio = f", {self.audio_packets} audio packets {how}" if self.audio_packets else ""
@@ -102,6 +103,7 @@ def stylize_file(
     stream_id: str = "default",
     stop: threading.Event | None = None,
     encoder_options: dict[str, str] | None = None,
+    overwrite: bool = False,
 ) -> FileJobSummary:
     """Run every frame of ``in_path`` through ``pipeline`` into ``out_path``.
 
@@ -110,16 +112,17 @@ def stylize_file(
     the model; colour tags carry over. ``size`` (width, height, as shown; odd rounds down to even) scales
     the video, else the input's shown size is kept. ``codec`` None: by the output's container.
     Setting ``stop``, or Ctrl-C in the calling thread, ends the job early: frames already stylized are
-    written, the file is finalized and playable, and the summary says ``interrupted``.
+    written, the file is finalized and playable, and the summary says ``interrupted``. A second Ctrl-C
+    abandons it. ``out_path`` gets its name only once complete (streamer.outputs); an existing one is
+    replaced only with ``overwrite``, and never when it is the input file.
     Raises SourceError (unreadable input), SinkError (unwritable output) or ValueError (bad arguments).
     """
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
     if size is not None and (size[0] <= 0 or size[1] <= 0):
         raise ValueError(f"size must be positive, got {size[0]}x{size[1]}")
-    in_path, out_path = Path(in_path), Path(out_path)
-    if out_path.exists() and in_path.exists() and out_path.resolve() == in_path.resolve():
-        raise ValueError(f"output {out_path} is the input file; choose another output path")
+    in_path = local_path(in_path, what="input")
+    check_output(out_path, inputs=[in_path], overwrite=overwrite)
     stop = stop if stop is not None else threading.Event()
     summary = FileJobSummary(str(in_path), str(out_path))
     started = time.perf_counter()
@@ -135,23 +138,29 @@ def stylize_file(
             raise SourceError(f"{in_path}: the video stream has no picture size; the file may be damaged")
         summary.expected_frames = _expected_frames(source, video)
         fps = stream_fps(video) or 30.0
-        sink = AvSink(str(out_path), codec=codec, crf=crf, options=encoder_options)
+        sink = AvSink(str(out_path), codec=codec, crf=crf, options=encoder_options, overwrite=overwrite,
+                      inputs=[in_path])
         sink.open(width, height, fps, time_base=video.time_base, audio_from=audio_streams,
                   colour=picture.colour)
         summary.width, summary.height = sink.width, sink.height  # odd sizes become even
+        abandoned = False
         try:
             _run_stages(source, video, sink, pipeline, summary, batch=batch, stream_id=stream_id,
                         stop=stop, progress=progress)
+        except KeyboardInterrupt:  # a second Ctrl-C while stopping: no file, out_path as it was
+            abandoned = True
+            raise
         finally:
             summary.audio_packets = sink.audio_packets_written
             summary.audio_transcoded_to = ", ".join(sink.audio_encoders)
-            with _sigint_deferred():  # a second Ctrl-C must not leave an MP4 without its index
-                sink.close()
+            if abandoned:
+                sink.discard()
+            else:  # out_path gets a file only when it holds a frame
+                sink.close(publish=summary.frames > 0)
     finally:
         source.close()
     summary.seconds = time.perf_counter() - started
     if summary.frames == 0 and not summary.interrupted:
-        out_path.unlink(missing_ok=True)
         problem = f" ({summary.damaged_packets} unreadable packets)" if summary.damaged_packets else ""
         raise SourceError(f"no video frame could be decoded from {in_path}{problem}; the file is damaged")
     return summary
@@ -215,22 +224,23 @@ def _run_stages(source: av.container.InputContainer, video: av.VideoStream, sink
         _stylize(pipeline, summary, decoded, stylized, stop, errors, batch=batch, stream_id=stream_id,
                  encoder_alive=encoder.is_alive)
     except KeyboardInterrupt:
+        if stop.is_set():  # a second Ctrl-C while already stopping: abandon
+            raise
         summary.interrupted = True
     finally:
-        with _sigint_deferred():
-            if stop.is_set() and not errors:
-                summary.interrupted = True
-            stop.set()
-            # The encoder drains what was stylized before the end marker, then stops.
-            while encoder.is_alive():
-                try:
-                    stylized.put(_END, timeout=POLL_SECONDS)
-                    break
-                except queue.Full:
-                    continue
-            encoder.join()
-            decoder.join(timeout=10)
-            bar.close()
+        if stop.is_set() and not errors:
+            summary.interrupted = True
+        stop.set()
+        # The encoder drains what was stylized before the end marker, then stops.
+        while encoder.is_alive():
+            try:
+                stylized.put(_END, timeout=POLL_SECONDS)
+                break
+            except queue.Full:
+                continue
+        encoder.join()
+        decoder.join(timeout=10)
+        bar.close()
     if errors:
         raise errors[0]
 
@@ -405,20 +415,3 @@ def _progress_bar(summary: FileJobSummary, *, enabled: bool) -> Any:
 
     return tqdm(total=summary.expected_frames, unit="frame", desc=Path(summary.in_path).name, file=sys.stderr,
                 disable=not enabled, dynamic_ncols=True, mininterval=0.5, smoothing=0.1)
-
-
-@contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Hold off Ctrl-C while a file is being finalized; it is re-raised afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[object] = []
-    previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
-

@@ -196,8 +196,11 @@ class RunStats:
                 "sinks": sinks,
             }
 
-    def write_json(self, path: Path | str) -> None:
-        Path(path).write_text(json.dumps(self.snapshot(), indent=2) + "\n")
+    def write_json(self, path: Path | str, *, overwrite: bool = True) -> None:
+        """The snapshot as JSON, written whole or not at all (streamer.outputs.write_text)."""
+        from streamer.outputs import write_text
+
+        write_text(path, json.dumps(self.snapshot(), indent=2) + "\n", overwrite=overwrite)
 
     def status_line(self) -> str:
         """One terminal line, refreshed in place."""

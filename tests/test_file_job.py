@@ -246,7 +246,9 @@ def test_ctrl_c_leaves_a_playable_file_and_exits_130(tmp_path: Path) -> None:
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while file_size(out) < 200_000 and proc.poll() is None and time.monotonic() < deadline:
+        # OUT gets its name only when complete: the job writes .out.partial-PID.mp4 until then.
+        while sum(map(file_size, tmp_path.glob(".out.partial-*"))) < 200_000 and proc.poll() is None \
+                and time.monotonic() < deadline:
             time.sleep(0.05)
         assert proc.poll() is None, "the job ended before it could be interrupted"
         proc.send_signal(signal.SIGINT)

@@ -92,22 +92,24 @@ def test_testsrc_to_file_with_stats(tmp_path: Path) -> None:
     assert "frames in," in result.stderr  # the closing summary
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_signal_stops_cleanly_and_the_file_plays(tmp_path: Path, sig: int) -> None:
     out = tmp_path / "live.mp4"
     process = start("--source", "testsrc:320x180@30", "--sink", str(out), "--preset", "passthrough",
                     cwd=tmp_path)
     try:
         deadline = time.monotonic() + 60
-        while process.poll() is None and time.monotonic() < deadline and not out.exists():
-            time.sleep(0.1)  # the file appears with the first frame
+        while process.poll() is None and time.monotonic() < deadline and not list(tmp_path.glob(".live.partial-*")):
+            time.sleep(0.1)  # the partial file appears with the first frame; OUT only when it is complete
         time.sleep(1.5)
+        assert not out.exists()
     finally:
         code, err = stop(process, sig)
-    assert code == 0, err
+    assert code == 128 + sig, err  # 130, 143, 129: stopped by that signal, outputs finished
     assert "stopping" in err
     indices = file_indices(out)  # an MP4 only plays when its index was written at close
     assert len(indices) >= 20 and None not in indices
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live.mp4"]  # no partial file left
 
 
 def test_http_control_while_running(tmp_path: Path) -> None:
@@ -137,7 +139,7 @@ def test_http_control_while_running(tmp_path: Path) -> None:
         assert status == 200 and stats["frames_in"] > 0
     finally:
         code, err = stop(process, signal.SIGTERM)
-    assert code == 0, err
+    assert code == 143, err
 
 
 def test_stdin_control_lines(tmp_path: Path) -> None:

@@ -6,16 +6,22 @@ import argparse
 import sys
 
 from streamer.config import add_pipeline_args, parse_size, pipeline_config_from_args
+from streamer.outputs import add_overwrite_argument, check_output, local_path
+from streamer.stop_signals import EXIT_STATUS_HELP, StopOnSignals
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Stylize every frame of a video file into a new file. Frames keep their "
                           "timestamps (variable frame rate survives) and audio is copied unchanged. "
-                          "Ctrl-C stops early and leaves a playable file.")
+                          "OUT gets its name only when complete (it is written as .OUT.partial-PID next "
+                          "to it); an existing OUT is replaced only with --overwrite. Ctrl-C, SIGTERM or "
+                          "SIGHUP stops early and leaves a playable file.")
+    parser.epilog = EXIT_STATUS_HELP
     parser.add_argument("input", metavar="IN", help="video file to read (anything FFmpeg reads)")
     parser.add_argument("output", metavar="OUT", help="file to write; the extension picks the container "
                         "(.mp4, .mkv, .mov, .ts, .webm) and, unless --codec, the encoder")
     out = parser.add_argument_group("output")
+    add_overwrite_argument(out)
     out.add_argument("--size", type=parse_size, default=None, metavar="WxH",
                      help="scale the output to this size, as shown (a portrait phone clip is taller than "
                           "wide); odd numbers round down to even (default: the input's shown size)")
@@ -36,10 +42,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import threading
+
     from pipelines.presets import load_pipeline
     from streamer.file_job import stylize_file
     from streamer.sinks.encoders import check_encoder_preset, video_codec, video_codec_for
 
+    # The paths first: a wrong one is refused before the model loads.
+    check_output(args.output, inputs=[local_path(args.input, what="input")], overwrite=args.overwrite)
     if args.batch < 1:
         raise ValueError(f"--batch must be at least 1, got {args.batch}")
     if not 0 <= args.crf <= 63:
@@ -51,13 +61,16 @@ def run(args: argparse.Namespace) -> int:
     config = pipeline_config_from_args(args)
     # Every model call holds --batch frames (the last one padded up to it): the one size worth compiling.
     pipeline = load_pipeline(config.model_copy(update={"compile_batch_sizes": [args.batch]}))
-    summary = stylize_file(
-        args.input, args.output, pipeline, batch=args.batch, size=args.size, codec=codec,
-        crf=args.crf, progress=sys.stderr.isatty() if args.progress is None else args.progress,
-        encoder_options={"preset": args.encoder_preset} if args.encoder_preset else None,
-    )
+    stop = threading.Event()
+    with StopOnSignals(stop.set, "finishing the frames in flight, closing the file") as signals:
+        summary = stylize_file(
+            args.input, args.output, pipeline, batch=args.batch, size=args.size, codec=codec,
+            crf=args.crf, progress=sys.stderr.isatty() if args.progress is None else args.progress,
+            stop=stop, overwrite=args.overwrite,
+            encoder_options={"preset": args.encoder_preset} if args.encoder_preset else None,
+        )
     problem = summary.problem()
     if problem:
         print(f"streamer: warning: {problem}", file=sys.stderr)
     print(summary.report(), file=sys.stderr)
-    return 130 if summary.interrupted else 0
+    return signals.exit_status() if summary.interrupted else 0  # a signal after the last frame changes nothing

@@ -1,23 +1,24 @@
-"""`streamer run`: a live source through the model into sinks, until the source ends, --duration, or Ctrl-C.
+"""`streamer run`: a live source through the model into sinks, until the source ends, --duration, or a signal.
 
-Exit status: 0 when the run ends cleanly, also after Ctrl-C (SIGINT) or SIGTERM: capture stops, the frame
-in flight finishes and every sink is closed, so a recorded file plays. A second Ctrl-C abandons the clean stop with
-130. 2 when something cannot be opened or a setting is wrong (one line on stderr).
+Exit status (the same rule as `streamer file`, see streamer.stop_signals): 0 when the run ends by itself
+(the source ended, --duration); 128 + the signal's number after SIGINT (130), SIGTERM (143) or SIGHUP (129):
+capture stops, the frame in flight finishes and every sink is closed, so a recorded file plays. A second
+Ctrl-C abandons the clean stop with 130. 2 when something cannot be opened or a setting is wrong (one line).
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
+import textwrap
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from pipelines.presets import read_yaml
 from streamer.config import add_pipeline_args, parse_size, pipeline_config_from_args
+from streamer.outputs import add_overwrite_argument, check_output
 from streamer.server.auth import add_access_arguments, allowed_host_names, token_from_args
+from streamer.stop_signals import EXIT_STATUS_HELP, StopOnSignals
 
 EXAMPLES = """examples:
   streamer run --source webcam:0 --sink virtualcam --prompt "a watercolor painting"
@@ -28,8 +29,9 @@ EXAMPLES = """examples:
 --config FILE takes a setup file with 'source:', 'sinks:', 'run:' (duration, stats, control_port) and
 'pipeline:' sections (see configs/setups/); flags given on the command line win over it.
 
-Ctrl-C or SIGTERM stops cleanly: the frame in flight finishes, every sink is closed (a recording plays),
-exit status 0. A second Ctrl-C abandons the clean stop (130). Anything that cannot be opened: one line, exit 2.
+Ctrl-C, SIGTERM or SIGHUP stops cleanly: the frame in flight finishes, every sink is closed (a recording
+plays). A file sink is written as .NAME.partial-PID next to it and gets its name when closed; an existing
+file is replaced only with --overwrite (-y).
 
 live control: type 'prompt a watercolor', 'strength 0.6', 'seed 3' or 'smoothing off' (when stdin is a
 terminal or with --control-stdin), or POST JSON (Content-Type: application/json) to
@@ -42,7 +44,7 @@ RUN_KEYS = ("duration", "stats", "control_port", "progress", "codec", "crf")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = EXAMPLES
+    parser.epilog = EXAMPLES + "\n" + textwrap.fill(EXIT_STATUS_HELP, 100) + "\n"
     io = parser.add_argument_group("input and output")
     io.add_argument("--source", default=None,
                     help="webcam:0, /dev/video0, rtsp://..., srt://..., udp://..., http://..., a file, pipe:, "
@@ -64,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--codec", default=None, help="encoder for file and network sinks (default by container: "
                     "libvpx-vp9 for .webm, else libx264)")
     io.add_argument("--crf", type=int, default=None, help="quality for file and network sinks (default 23)")
+    add_overwrite_argument(io)
     run = parser.add_argument_group("run")
     run.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     run.add_argument("--stats", type=Path, default=None, metavar="FILE", help="write run statistics as JSON")
@@ -140,10 +143,11 @@ def run(args: argparse.Namespace) -> int:
     args.control_token = token_from_args(token, token_file) if control_port else None
     args.allow_host = allowed_host_names(allow_hosts or [])
     config = pipeline_config_from_args(args)
-    _check_writable("--stats", pick("stats"))
+    if pick("stats"):
+        check_output(pick("stats"), inputs=[spec], overwrite=args.overwrite, what="--stats")
 
     av_options = {k: v for k, v in (("codec", pick("codec")), ("crf", pick("crf"))) if v is not None}
-    sinks = make_sinks(list(sink_specs or []), **av_options)
+    sinks = make_sinks(list(sink_specs or []), overwrite=args.overwrite, inputs=[spec], **av_options)
     source = open_source(spec, width=pick("width"), height=pick("height"), fps=pick("fps"),
                          realtime=bool(pick("realtime", False)), loop=bool(pick("loop", False)),
                          transport=pick("transport", "tcp"), timeout=float(pick("timeout", 5.0)))
@@ -190,20 +194,20 @@ def _run_opened(args: argparse.Namespace, source: Any, sinks: list, config: Any,
 
         runtime = Runtime(source, sinks, worker, stats=stats, duration=pick("duration"), fps=pick("fps"),
                           on_tick=tick)
-        with _stop_on_signals(runtime):
+        with StopOnSignals(runtime.stop, "finishing the frame in flight, closing sinks") as signals:
             try:
                 runtime.run()
             finally:
                 if show_progress:
                     sys.stderr.write("\n")
                 if stats_path:
-                    stats.write_json(stats_path)
+                    stats.write_json(stats_path, overwrite=args.overwrite)
         snap = stats.snapshot()
         lat = snap["latency_ms"]
         print(f"streamer: {snap['frames_in']} frames in, {snap['frames_out']} out, {snap['dropped']} dropped, "
               f"latency p50 {lat['p50']} ms p95 {lat['p95']} ms" + (f"; stats in {stats_path}" if stats_path
                                                                       else ""), file=sys.stderr)
-        return 0
+        return signals.exit_status()
     finally:
         if server is not None:
             server.close()
@@ -216,39 +220,3 @@ def _warn_audio_left_out(source: Any, sinks: list) -> None:
     if getattr(source, "audio_streams", 0) and files:
         print(f"streamer: warning: run records video only, so {', '.join(files)} will have no sound; "
               f"`streamer file {source.path} OUT` keeps the audio", file=sys.stderr)
-
-
-def _check_writable(flag: str, path: Any) -> None:
-    """Refuse before the run, not after it, an output file that cannot be written."""
-    if not path:
-        return
-    target = Path(path)
-    if target.is_dir():
-        raise ValueError(f"{flag} {path} is a folder; give a file name such as {target / 'stats.json'}")
-    if not target.parent.exists():
-        raise ValueError(f"{flag} {path}: folder {target.parent} does not exist")
-
-
-class _stop_on_signals:  # noqa: N801 - used as a context manager, reads like one
-    """SIGINT/SIGTERM stop the runtime cleanly; a second SIGINT abandons the clean stop (exit 130)."""
-
-    def __init__(self, runtime: Any) -> None:
-        self.runtime = runtime
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.runtime.stopping and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        print("\nstreamer: stopping (finishing the frame in flight, closing sinks)...", file=sys.stderr,
-              flush=True)
-        self.runtime.stop()
-
-    def __enter__(self) -> _stop_on_signals:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
@@ -21,6 +21,7 @@ import av.error
 import numpy as np
 
 from streamer.frames import Frame, frame_step
+from streamer.outputs import PartialFile, check_output
 from streamer.picture import ColourTags
 from streamer.sinks.base import Sink, SinkError
 from streamer.sinks.encoders import (
@@ -53,6 +54,8 @@ class AvSink(Sink):
     ``low_latency`` (default: on for network targets) uses a fast preset, ``tune=zerolatency``, no
     B-frames and a ``gop`` of about one second. ``options`` are encoder options that win over these
     defaults, e.g. ``{"preset": "slow"}``.
+    A file is written next to ``target`` and renamed over it when closed (streamer.outputs.check_output
+    says what is refused: an existing ``target`` without ``overwrite``, the same file as one of ``inputs``).
     """
 
     name = "av"
@@ -67,6 +70,8 @@ class AvSink(Sink):
         gop: int | None = None,
         container_format: str | None = None,
         options: dict | None = None,
+        overwrite: bool = False,
+        inputs: Sequence[str | os.PathLike[str] | None] = (),
     ) -> None:
         self.target = str(target)
         scheme = urlsplit(self.target).scheme.lower()
@@ -79,6 +84,8 @@ class AvSink(Sink):
         self.gop = gop
         self.container_format = container_format or NETWORK_FORMATS.get(self.scheme)
         self.options = {str(k): str(v) for k, v in (options or {}).items()}
+        self.overwrite = overwrite
+        self.inputs = tuple(inputs)
         self.name = f"av:{self.target}"
         self.frames_written = 0
         self.audio_packets_written = 0
@@ -96,6 +103,8 @@ class AvSink(Sink):
         self._last_pts: int | None = None
         self._last_capture: float | None = None
         self._guard: StallGuard | None = None
+        self._partial: PartialFile | None = None  # a file target is written here, renamed by close()
+        self._write_failed = False
 
     # -- opening -------------------------------------------------------------------------------------
 
@@ -143,21 +152,21 @@ class AvSink(Sink):
             raise SinkError(message) from None
 
     def _open_container(self) -> av.container.OutputContainer:
+        url = self.target
         if not self.is_network:
-            folder = Path(self.target).resolve().parent
-            if Path(self.target).is_dir():
-                raise SinkError(f"output {self.target} is a folder; give a file name such as out.mp4")
-            if not folder.is_dir():
-                raise SinkError(f"output folder {folder} does not exist; create it or choose another path")
-            if not os.access(folder, os.W_OK):
-                raise SinkError(f"cannot write into {folder}: permission denied")
+            try:
+                final = check_output(self.target, inputs=self.inputs, overwrite=self.overwrite)
+                self._partial = PartialFile(final, overwrite=self.overwrite)
+            except (ValueError, OSError) as exc:
+                raise SinkError(str(exc)) from None
+            url = str(self._partial.path)  # absolute: FFmpeg never reads a protocol into it
         container_options: dict[str, str] = {}
         if self.scheme == "rtsp":
             # TCP survives packet loss and NAT. "timeout" bounds the handshake, which FFmpeg runs while
             # holding the GIL (no Python watchdog could run then); writes are guarded by StallGuard.
             container_options = {"rtsp_transport": "tcp", "timeout": str(int(NETWORK_STALL_SECONDS * 1e6))}
         try:
-            return av.open(self.target, "w", format=self.container_format, options=container_options)
+            return av.open(url, "w", format=self.container_format, options=container_options)
         except ValueError:
             if self.container_format:
                 raise SinkError(f"unknown output format {self.container_format!r}") from None
@@ -237,6 +246,7 @@ class AvSink(Sink):
             with self._busy():
                 self._container.mux(self._video.encode(video_frame))
         except (av.error.FFmpegError, OSError) as exc:
+            self._write_failed = True
             raise SinkError(self._describe_write_error(exc)) from None
         self.frames_written += 1
 
@@ -267,6 +277,7 @@ class AvSink(Sink):
             with self._busy():
                 self._container.mux(packets)
         except (av.error.FFmpegError, OSError) as exc:
+            self._write_failed = True
             raise SinkError(self._describe_write_error(exc)) from None
         self.audio_packets_written += len(packets)
 
@@ -285,6 +296,9 @@ class AvSink(Sink):
                     f"{self._guard.limit:g} s (is it still running?)")
         if self.is_network:
             return f"stream to {self.target} broke: {text} (is the receiver still running?)"
+        if isinstance(exc, OSError) and exc.strerror:  # without the partial file's name
+            kept = "its old content is kept" if os.path.exists(self.target) else "nothing was written"
+            return f"writing {self.target} failed: {exc.strerror}; {kept}"
         return f"writing {self.target} failed: {text}"
 
     def _next_pts(self, frame: Frame) -> int:
@@ -316,8 +330,10 @@ class AvSink(Sink):
 
     # -- closing -------------------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Flush the encoder and finalize the container (an MP4 gets its index here). Safe to repeat."""
+    def close(self, *, publish: bool = True) -> None:
+        """Flush the encoder and finalize the container (an MP4 gets its index here), then a file takes its
+        name; after a failed write or close, or without ``publish``, it is removed and ``target`` stays as it
+        was. Safe to repeat."""
         container, video = self._container, self._video
         if container is None:
             return
@@ -330,19 +346,32 @@ class AvSink(Sink):
         self._container = self._video = None
         error: BaseException | None = audio_error
         try:
-            with self._busy():
-                if video is not None:
-                    container.mux(video.encode(None))
-        except (av.error.FFmpegError, OSError) as exc:
-            error = error or exc
-        try:
-            container.close()
-        except (av.error.FFmpegError, OSError) as exc:
-            error = error or exc
+            try:
+                with self._busy():
+                    if video is not None:
+                        container.mux(video.encode(None))
+            except (av.error.FFmpegError, OSError) as exc:
+                error = error or exc
+            try:
+                container.close()
+            except (av.error.FFmpegError, OSError) as exc:
+                error = error or exc
+            finally:
+                self._close_guard()
+            if error is not None:
+                raise SinkError(self._describe_write_error(error)) from None
+            if self._partial is not None and publish and not self._write_failed:
+                try:
+                    self._partial.publish()
+                except OSError as exc:
+                    raise SinkError(f"cannot finish {self.target}: {exc.strerror or exc}") from None
         finally:
-            self._close_guard()
-        if error is not None:
-            raise SinkError(self._describe_write_error(error)) from None
+            self.discard()
+
+    def discard(self) -> None:
+        """Give up on a file: the partial file goes, ``target`` stays as it was (the container is left alone)."""
+        if self._partial is not None:
+            self._partial.discard()
 
     def _abandon(self) -> None:
         container, self._container, self._video = self._container, None, None
@@ -353,6 +382,7 @@ class AvSink(Sink):
             pass
         finally:
             self._close_guard()
+            self.discard()
 
     def _close_guard(self) -> None:
         if self._guard is not None:

@@ -7,10 +7,12 @@ SinkError with one line saying what would work.
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from streamer.outputs import check_output, local_path
 from streamer.sinks.base import Sink, SinkError
 
 NETWORK_SCHEMES = ("udp", "srt", "rtsp", "rtsps", "rtmp", "rtmps", "tcp")
@@ -19,8 +21,9 @@ SINK_HELP = ("virtualcam, virtualcam:/dev/videoN, preview, a file (out.mp4, out.
              "(udp://127.0.0.1:5000, srt://:9000?mode=listener, rtsp://host:8554/path)")
 
 
-def make_sink(spec: str, **av_options: Any) -> Sink:
-    """One sink from its spec; ``av_options`` go to AvSink for files and network outputs (codec, crf...)."""
+def make_sink(spec: str, *, overwrite: bool = False, inputs: Sequence[str | None] = (), **av_options: Any) -> Sink:
+    """One sink from its spec; ``av_options`` go to AvSink for files and network outputs (codec, crf...).
+    A file is checked now (streamer.outputs.check_output: ``overwrite``, not one of ``inputs``)."""
     text = spec.strip()
     if not text:
         raise ValueError(f"empty --sink; use one of: {SINK_HELP}")
@@ -41,20 +44,26 @@ def make_sink(spec: str, **av_options: Any) -> Sink:
         if scheme not in NETWORK_SCHEMES:
             raise ValueError(f"sink {spec!r}: unsupported protocol {scheme!r}; use one of: {SINK_HELP}")
         return _av_sink(text, **av_options)
-    path = Path(text).expanduser()
-    if path.suffix.lower() not in FILE_SUFFIXES:
-        raise ValueError(f"sink {spec!r} is not something streamer can write; use one of: {SINK_HELP}")
-    if not path.parent.is_dir():
-        raise ValueError(f"sink {spec!r}: folder {path.parent} does not exist; create it first")
+    path = local_path(text, what="sink")
     if path.is_dir():
         raise ValueError(f"sink {spec!r} is a folder; give a file name such as {path / 'out.mp4'}")
-    return _av_sink(str(path), **av_options)
+    if path.suffix.lower() not in FILE_SUFFIXES:
+        raise ValueError(f"sink {spec!r} is not something streamer can write; use one of: {SINK_HELP}")
+    check_output(path, inputs=inputs, overwrite=overwrite, what="sink")
+    return _av_sink(str(path), overwrite=overwrite, inputs=inputs, **av_options)
 
 
-def make_sinks(specs: list[str], **av_options: Any) -> list[Sink]:
+def make_sinks(specs: list[str], *, overwrite: bool = False, inputs: Sequence[str | None] = (),
+               **av_options: Any) -> list[Sink]:
+    """The sinks of ``specs``; ``inputs`` are the run's sources (a file sink may not be one of them)."""
     if not specs:
         raise ValueError(f"give at least one --sink: {SINK_HELP}")
-    return [make_sink(spec, **av_options) for spec in specs]
+    sinks = [make_sink(spec, overwrite=overwrite, inputs=inputs, **av_options) for spec in specs]
+    files = [os.path.realpath(sink.target) for sink in sinks if getattr(sink, "is_network", True) is False]
+    twice = next((f for f in files if files.count(f) > 1), None)
+    if twice is not None:
+        raise ValueError(f"the file {twice} is given as a sink more than once; give each file once")
+    return sinks
 
 
 def _av_sink(target: str, **av_options: Any) -> Sink:
