@@ -300,10 +300,12 @@ def test_browser_page_camera_picker_and_camera_errors(tmp_path: Path) -> None:
                 ids = dict(options)
                 # (fake_device_1 imitates a depth camera, Y16, which Chromium does not encode: left out.)
                 await page.select_option("#camera", label="fake_device_2")
+                # A prompt applied before Start goes with the offer: "red" keeps only the red channel.
+                await page.click("text=a red ink drawing on rice paper")
                 await page.click("#start")
                 await page.wait_for_function("window.streamer.connectionState === 'connected'")
                 assert await page.evaluate(f"{SENT_SETTINGS}.deviceId") == ids["fake_device_2"]
-                await page.wait_for_function("document.getElementById('remote').videoWidth > 0")
+                await page.wait_for_function(remote_matches("s.left[1] < 30 && s.right[1] < 30"))
                 await page.select_option("#camera", label="fake_device_0")
                 await page.wait_for_function(f"{SENT_SETTINGS}.deviceId === '{ids['fake_device_0']}'")
                 assert await page.evaluate("document.getElementById('local').srcObject.getVideoTracks()[0]"
