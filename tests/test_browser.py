@@ -88,18 +88,20 @@ def group_alive(pgid: int) -> bool:
 
 
 @contextlib.contextmanager
-def server_in_namespace(tmp_path: Path) -> Iterator[Path]:
-    """The test server in a loopback-only namespace of its own; yields a Chromium wrapper that joins it.
-    On exit every Chromium started through the wrapper and the server are stopped (and checked gone)."""
+def server_in_namespace(tmp_path: Path, command: list[str] | None = None) -> Iterator[Path]:
+    """The test server (or ``command``, a server on port PORT) in a loopback-only namespace of its own;
+    yields a Chromium wrapper that joins it. On exit every Chromium started through the wrapper and the
+    server are stopped (and checked gone)."""
     if not namespaces_work():
         pytest.skip("cannot create a network namespace here (unshare -n needs root or user namespaces)")
     log = tmp_path / "server.log"
     setup = "ip link set lo up && ip addr add 127.0.0.2/8 dev lo && exec \"$0\" \"$@\""
     with open(log, "wb") as err:
         server = subprocess.Popen(
-            ["unshare", "-n", "--", "sh", "-c", setup, sys.executable, str(ROOT / "tests" / "webrtc_helpers.py"),
-             "serve", "--port", str(PORT), "--token", TOKEN],
-            stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT, start_new_session=True)
+            ["unshare", "-n", "--", "sh", "-c", setup, *(command or [
+                sys.executable, str(ROOT / "tests" / "webrtc_helpers.py"), "serve", "--port", str(PORT),
+                "--token", TOKEN])],
+            stdout=err, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
     browser_pids = tmp_path / "browser.pids"
     wrapper = tmp_path / "chromium-in-namespace"
     wrapper.write_text(f"#!/bin/sh\necho $$ >> {browser_pids}\n"
@@ -258,7 +260,7 @@ def test_browser_page_streams_camera_and_applies_prompt(tmp_path: Path) -> None:
                 await page.wait_for_function(remote_matches("s.right[1] > 160"))
                 await page.locator("#prompt").blur()
                 await page.evaluate("window.scrollTo(0, 0)")
-                await page.screenshot(path=str(screenshot), full_page=True)
+                await page.screenshot(path=str(screenshot), full_page=True)  # renders (docs/page_screenshot.py)
                 # Stop: the page ends its session and says it is not running.
                 await page.click("#stop")
                 await page.wait_for_function(SESSIONS_EMPTY, polling=200)
@@ -270,8 +272,6 @@ def test_browser_page_streams_camera_and_applies_prompt(tmp_path: Path) -> None:
     with server_in_namespace(tmp_path) as wrapper:
         asyncio.run(asyncio.wait_for(scenario(wrapper), 150))
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    if os.environ.get("STREAMER_PAGE_SCREENSHOT"):  # how docs/page.png is made
-        Path(os.environ["STREAMER_PAGE_SCREENSHOT"]).write_bytes(screenshot.read_bytes())
 
 
 def test_browser_page_camera_picker_and_camera_errors(tmp_path: Path) -> None:
