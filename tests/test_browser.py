@@ -310,6 +310,15 @@ def test_browser_page_camera_picker_and_camera_errors(tmp_path: Path) -> None:
                 await page.wait_for_function(f"{SENT_SETTINGS}.deviceId === '{ids['fake_device_0']}'")
                 assert await page.evaluate("document.getElementById('local').srcObject.getVideoTracks()[0]"
                                            ".getSettings().deviceId") == ids["fake_device_0"]
+                # A camera unplugged after the list was made: the switch fails, the running camera and the
+                # picker stay as they were.
+                await page.evaluate("document.getElementById('camera').add(new Option('unplugged', 'gone'))")
+                await page.select_option("#camera", label="unplugged")
+                await page.wait_for_function("document.getElementById('error').textContent !== ''")
+                assert await page.text_content("#error") == (
+                    "The chosen camera is not available any more: pick another one.")
+                assert await page.input_value("#camera") == ids["fake_device_0"]
+                assert await page.evaluate(f"{SENT_SETTINGS}.deviceId") == ids["fake_device_0"]
                 frames = await page.evaluate("document.getElementById('remote').getVideoPlaybackQuality()"
                                              ".totalVideoFrames")
                 await page.wait_for_function("document.getElementById('remote').getVideoPlaybackQuality()"

@@ -55,6 +55,7 @@
     if (!options.length) options.push(new Option("default camera", ""));
     select.replaceChildren(...options);
     if (cameras.some((d) => d.deviceId === want)) select.value = want;
+    select.dataset.previous = select.value;
   }
 
   function showSentSize() {
@@ -242,10 +243,12 @@
     setParams({ prompt: $("prompt").value });
   }
 
-  for (const select of [$("camera"), $("resolution")]) {
-    let previous = select.value;
-    select.addEventListener("focus", () => { previous = select.value; });
-    select.addEventListener("change", async () => { await changeCamera(select, previous); previous = select.value; });
+  for (const select of [$("camera"), $("resolution")]) {  // dataset.previous: the value in use
+    select.dataset.previous = select.value;
+    select.addEventListener("change", async () => {
+      await changeCamera(select, select.dataset.previous);
+      select.dataset.previous = select.value;
+    });
   }
   $("start").onclick = start;
   $("stop").onclick = stop;
@@ -275,7 +278,9 @@
   if (navigator.mediaDevices) navigator.mediaDevices.addEventListener("devicechange", refreshCameras);
 
   const savedResolution = recall(saved.resolution);
-  if ([...$("resolution").options].some((o) => o.value === savedResolution)) $("resolution").value = savedResolution;
+  if ([...$("resolution").options].some((o) => o.value === savedResolution)) {
+    $("resolution").value = $("resolution").dataset.previous = savedResolution;
+  }
   setMirror(recall(saved.mirror) === "1");
   if (!window.isSecureContext || !navigator.mediaDevices) {
     setError(insecureMessage());
