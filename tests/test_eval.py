@@ -22,7 +22,7 @@ from streamer.eval.metrics import (
     warp_errors,
 )
 from streamer.eval.plot import panels_of
-from streamer.eval.run import frames_to_reset
+from streamer.eval.run import frames_to_reset, summary_lines
 
 CLI_TIMEOUT = 240
 
@@ -71,6 +71,17 @@ def test_lag_says_why_it_is_not_a_number() -> None:
     assert np.isnan(value) and reason == LAG_NOT_FOLLOWING
     assert lag_with_reason(moving, moving)[2] is None
     assert measure(still, still).to_dict()["lag_note"] == LAG_NO_MOTION
+
+
+def test_summary_explains_every_na() -> None:
+    metrics = {"flicker": float("nan"), "warp_error": float("nan"), "lag_frames": float("nan"),
+               "lag_note": LAG_NO_MOTION, "change_vs_reference": None}
+    lines = summary_lines({"clips": {"input": {"variants": {"output": metrics}}}})
+    assert lines[-3:] == ["[1] flicker n/a: the input is never still (nothing to flicker against)",
+                          "[2] warp error n/a: the optical flow could follow no pixel",
+                          f"[3] lag n/a: {LAG_NO_MOTION}"]
+    assert lines[3].split() == ["input", "output", "n/a", "[1]", "n/a", "[2]", "n/a", "[3]"]
+    assert not any("nan" in line for line in lines)
 
 
 def test_measure_reports_per_frame_curves_and_change_against_a_reference() -> None:

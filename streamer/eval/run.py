@@ -129,21 +129,27 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
              f"{'clip':8} {'variant':8}{'(px)':>8} {'vs off':>8} {'(px)':>9} {'(frames)':>9} {'(px)':>10} "
              f"{'(ms/frame)':>10}"]
     notes: list[str] = []
+
+    def explained(value: float | None, note: str | None) -> str:
+        text = _number(value, ".2f")
+        if text == "n/a" and note:
+            if note not in notes:
+                notes.append(note)
+            text = f"n/a [{notes.index(note) + 1}]"
+        return text
+
     for name, clip in report["clips"].items():
         off = clip["variants"].get("off")
         for variant, m in clip["variants"].items():
             ratio = None
             if off is not None and off["flicker"] is not None and math.isfinite(off["flicker"]) and off["flicker"] > 0:
                 ratio = m["flicker"] / off["flicker"]
-            lag_text = _number(m["lag_frames"], ".2f")
-            if lag_text == "n/a" and m.get("lag_note"):
-                note = f"lag n/a: {m['lag_note']}"
-                if note not in notes:
-                    notes.append(note)
-                lag_text = f"n/a [{notes.index(note) + 1}]"
+            flicker = explained(m["flicker"], "flicker n/a: the input is never still (nothing to flicker against)")
+            warp = explained(m["warp_error"], "warp error n/a: the optical flow could follow no pixel")
+            lag_text = explained(m["lag_frames"], m.get("lag_note") and f"lag n/a: {m['lag_note']}")
             change, ms = m.get("change_vs_reference"), m.get("seconds_per_frame")
-            lines.append(f"{name:8} {variant:8}{_number(m['flicker'], '.2f'):>8} {'' if off is None else _number(ratio, '.2f', 'x'):>8} "
-                         f"{_number(m['warp_error'], '.2f'):>9} {lag_text:>9} "
+            lines.append(f"{name:8} {variant:8}{flicker:>8} {'' if off is None else _number(ratio, '.2f', 'x'):>8} "
+                         f"{warp:>9} {lag_text:>9} "
                          f"{'' if change is None else _number(change, '.2f'):>10} "
                          f"{'' if ms is None else f'{ms * 1e3:.1f}':>10}")
         for cut, late in zip(clip.get("cut_frames", []), clip.get("cut_reset_frames", []), strict=False):
