@@ -1,5 +1,6 @@
 """A real headless Chromium opens the camera page, streams a chosen clip as its camera, and gets the
-stylized video back; a prompt typed into the page takes effect.
+stylized video back; a prompt typed into the page takes effect; the camera and resolution pickers, mirror,
+full-window view, example prompts, keyboard use and the camera error messages work.
 
 Chromium and the server run in a network namespace of their own (``unshare -n``: only loopback there),
 so WebRTC's candidates are loopback addresses and nothing else on the machine is reached. Chromium
@@ -11,11 +12,13 @@ effect (and a prompt's) is unmistakable after video compression.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,8 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 PORT = 8080  # the namespace is fresh: every port is free
 TOKEN = "browser-test-token"
+# The camera permission is granted per browser context (``grant_permissions``), so a context without it
+# sees the camera refused, as a user who clicked "Block" would.
 CHROMIUM_FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+    "--no-sandbox", "--disable-gpu",
     "--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns",
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
     "--disable-quic",
@@ -81,22 +86,25 @@ def group_alive(pgid: int) -> bool:
     return result.returncode == 0
 
 
-def test_browser_page_streams_camera_and_applies_prompt(tmp_path: Path) -> None:
+
+@contextlib.contextmanager
+def server_in_namespace(tmp_path: Path, command: list[str] | None = None) -> Iterator[Path]:
+    """The test server (or ``command``, a server on port PORT) in a loopback-only namespace of its own;
+    yields a Chromium wrapper that joins it. On exit every Chromium started through the wrapper and the
+    server are stopped (and checked gone)."""
     if not namespaces_work():
         pytest.skip("cannot create a network namespace here (unshare -n needs root or user namespaces)")
-    from playwright.async_api import async_playwright
-
-    clip = write_y4m(tmp_path / "camera.y4m", 320, 240, frames=30)
     log = tmp_path / "server.log"
     setup = "ip link set lo up && ip addr add 127.0.0.2/8 dev lo && exec \"$0\" \"$@\""
     with open(log, "wb") as err:
         server = subprocess.Popen(
-            ["unshare", "-n", "--", "sh", "-c", setup, sys.executable, str(ROOT / "tests" / "webrtc_helpers.py"),
-             "serve", "--port", str(PORT), "--token", TOKEN],
-            stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT, start_new_session=True)
-    browser_pid_file = tmp_path / "browser.pid"
+            ["unshare", "-n", "--", "sh", "-c", setup, *(command or [
+                sys.executable, str(ROOT / "tests" / "webrtc_helpers.py"), "serve", "--port", str(PORT),
+                "--token", TOKEN])],
+            stdout=err, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    browser_pids = tmp_path / "browser.pids"
     wrapper = tmp_path / "chromium-in-namespace"
-    wrapper.write_text(f"#!/bin/sh\necho $$ > {browser_pid_file}\n"
+    wrapper.write_text(f"#!/bin/sh\necho $$ >> {browser_pids}\n"
                        f"exec nsenter --net=/proc/{server.pid}/ns/net {CHROMIUM} \"$@\"\n")
     wrapper.chmod(0o755)
     try:
@@ -105,55 +113,255 @@ def test_browser_page_streams_camera_and_applies_prompt(tmp_path: Path) -> None:
             assert server.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
-
-        async def scenario() -> None:
-            async with async_playwright() as playwright:
-                browser = await asyncio.wait_for(playwright.chromium.launch(
-                    executable_path=str(wrapper), args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-video-capture={clip}"],
-                    timeout=30_000, handle_sigint=False, handle_sigterm=False, handle_sighup=False), 40)
-                try:
-                    page = await browser.new_page()
-                    page.set_default_timeout(20_000)
-                    await page.goto(f"http://127.0.0.1:{PORT}/?token={TOKEN}")
-                    await page.click("#start")
-                    await page.wait_for_function("window.streamer.connectionState === 'connected'")
-                    await page.wait_for_function(f"(() => {{ const s = ({SAMPLE_JS})('remote'); "
-                                                 f"return s && s.left[0] < 90 && s.right[0] > 160; }})()")
-                    camera = await page.evaluate(SAMPLE_JS, "local")
-                    stylized = await page.evaluate(SAMPLE_JS, "remote")
-                    # The camera shows the clip (bright left); what came back is its inversion.
-                    assert camera["left"][0] > BRIGHT - 30 and camera["right"][0] < DARK + 30, camera
-                    assert stylized["left"][0] < 255 - BRIGHT + 30 and stylized["right"][0] > 255 - DARK - 30
-                    assert (stylized["width"], stylized["height"]) == (320, 240)
-
-                    # A prompt typed into the page: "red" keeps only the red channel.
-                    await page.fill("#prompt", "a red ink drawing")
-                    await page.click("#apply")
-                    await page.wait_for_function(f"(() => {{ const s = ({SAMPLE_JS})('remote'); "
-                                                 f"return s && s.right[1] < 60 && s.right[0] > 160; }})()")
-                    await page.wait_for_function("window.streamer.lastReply && window.streamer.lastReply.ok")
-                    # The readout shows the server's frame rate and latency.
-                    await page.wait_for_function("/^[0-9.]+$/.test(document.getElementById('fps').textContent)")
-                    fps = float(await page.text_content("#fps"))
-                    latency = float(await page.text_content("#latency"))
-                    print(f"browser session: {fps:.1f} fps, {latency:.0f} ms server latency")
-                    assert fps > 0
-                    # Stop: the page ends its session.
-                    await page.click("#stop")
-                    await page.wait_for_function(
-                        "fetch('/sessions', {headers: {Authorization: 'Bearer " + TOKEN + "'}})"
-                        ".then(r => r.json()).then(j => j.sessions.length === 0)", polling=200)
-                finally:
-                    await asyncio.wait_for(browser.close(), 15)
-
         try:
-            asyncio.run(asyncio.wait_for(scenario(), 90))
+            yield wrapper
         finally:
-            if browser_pid_file.exists():
-                pid = int(browser_pid_file.read_text())
+            for pid in (int(line) for line in browser_pids.read_text().split()) if browser_pids.exists() else ():
                 stop_process_group(pid)  # a no-op once Playwright closed it; the cure if close hung
                 assert not group_alive(pid), "Chromium processes survived the test"
     finally:
         stop_process_group(server.pid)
         server.wait(timeout=10)
     assert server.returncode == 0 and "shutting down" in log.read_text(), log.read_text()
+
+
+async def launch(playwright, wrapper: Path, *flags: str):
+    return await asyncio.wait_for(playwright.chromium.launch(
+        executable_path=str(wrapper), args=[*CHROMIUM_FLAGS, *flags], timeout=30_000, handle_sigint=False,
+        handle_sigterm=False, handle_sighup=False), 40)
+
+
+async def open_page(browser, url: str = f"http://127.0.0.1:{PORT}/?token={TOKEN}", camera: bool = True,
+                    viewport: tuple[int, int] = (1280, 800)):
+    context = await browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
+    if camera:
+        await context.grant_permissions(["camera"], origin=f"http://127.0.0.1:{PORT}")
+    page = await context.new_page()
+    page.set_default_timeout(20_000)
+    await page.goto(url)
+    return page
+
+
+def remote_matches(condition: str) -> str:
+    return f"(() => {{ const s = ({SAMPLE_JS})('remote'); return s && {condition}; }})()"
+
+
+SENT_SETTINGS = "window.streamer.pc.getSenders().find(s => s.track).track.getSettings()"
+SESSIONS_EMPTY = ("fetch('/sessions', {headers: {Authorization: 'Bearer " + TOKEN + "'}})"
+                  ".then(r => r.json()).then(j => j.sessions.length === 0)")
+
+
+def test_browser_page_streams_camera_and_applies_prompt(tmp_path: Path) -> None:
+    from playwright.async_api import async_playwright
+
+    clip = write_y4m(tmp_path / "camera.y4m", 640, 480, frames=30)
+    screenshot = tmp_path / "page.png"
+
+    async def scenario(wrapper: Path) -> None:
+        async with async_playwright() as playwright:
+            browser = await launch(playwright, wrapper, "--use-fake-device-for-media-stream",
+                                   f"--use-file-for-fake-video-capture={clip}")
+            try:
+                page = await open_page(browser)
+                # Before anything runs: says so, no numbers without values.
+                assert await page.text_content("#status") == "not running"
+                assert await page.is_hidden("#numbers") and await page.text_content("#error") == ""
+                # Every control is reached with Tab, in reading order (Stop is disabled until Start).
+                reached = []
+                for _ in range(16):
+                    await page.keyboard.press("Tab")
+                    reached.append(await page.evaluate(
+                        "document.activeElement.id || document.activeElement.textContent.trim()"))
+                assert reached[:6] == ["start", "camera", "resolution", "mirror", "fullwindow", "prompt"], reached
+                assert reached[6:13] == ["apply", "an oil painting, vivid colours, thick brush strokes",
+                                         "a watercolour sketch, soft pastel colours", "a red ink drawing on rice paper",
+                                         "a pencil drawing, cross-hatching", "a stained glass window", "strength"]
+                assert reached[13:15] == ["seed", "smoothing"], reached
+                for control in ("camera", "resolution", "prompt", "strength", "seed", "smoothing", "mirror"):
+                    assert await page.evaluate(f"document.getElementById('{control}').labels.length") == 1, control
+
+                # The resolution chosen before Start is what is sent (the clip is 640x480: scaled down).
+                await page.select_option("#resolution", "320x240")
+                await page.click("#start")
+                await page.wait_for_function("window.streamer.connectionState === 'connected'")
+                assert await page.text_content("#status") == "running"
+                await page.wait_for_function(remote_matches("s.left[0] < 90 && s.right[0] > 160"))
+                camera = await page.evaluate(SAMPLE_JS, "local")
+                stylized = await page.evaluate(SAMPLE_JS, "remote")
+                # The camera shows the clip (bright left); what came back is its inversion.
+                assert camera["left"][0] > BRIGHT - 30 and camera["right"][0] < DARK + 30, camera
+                assert stylized["left"][0] < 255 - BRIGHT + 30 and stylized["right"][0] > 255 - DARK - 30
+                assert (stylized["width"], stylized["height"]) == (320, 240)
+                assert await page.evaluate(f"{SENT_SETTINGS}.width") == 320
+                assert await page.text_content("#sent-size") == "sending 320 × 240"
+                # The picker lists the fake camera by its name (the clip's path), selected.
+                assert await page.evaluate("[...document.getElementById('camera').options].map(o => o.text)") == [
+                    str(clip)]
+                # A new resolution while running: the sent track and what the server sends back change size.
+                await page.select_option("#resolution", "640x480")
+                await page.wait_for_function("document.getElementById('remote').videoWidth === 640")
+                assert await page.evaluate(f"[{SENT_SETTINGS}.width, {SENT_SETTINGS}.height]") == [640, 480]
+                await page.wait_for_function("document.getElementById('sent-size').textContent === 'sending 640 × 480'")
+
+                # An example prompt fills the prompt and applies it: "red" keeps only the red channel.
+                await page.click("text=a red ink drawing on rice paper")
+                assert await page.input_value("#prompt") == "a red ink drawing on rice paper"
+                await page.wait_for_function(remote_matches("s.right[1] < 60 && s.right[0] > 160"))
+                await page.wait_for_function("window.streamer.lastReply && window.streamer.lastReply.ok")
+                # A typed prompt applied with Enter: colour comes back.
+                await page.fill("#prompt", "a pencil drawing")
+                await page.press("#prompt", "Enter")
+                await page.wait_for_function(remote_matches("s.right[1] > 160 && s.right[0] > 160"))
+
+                # The readout: labelled numbers from the server and from the browser's own statistics.
+                await page.wait_for_function("/^[0-9.]+$/.test(document.getElementById('fps').textContent)")
+                await page.wait_for_function("/^[0-9.]+$/.test(document.getElementById('recv-fps').textContent)")
+                labels = await page.evaluate(
+                    "[...document.querySelectorAll('#numbers .label')].map(e => e.textContent)")
+                assert labels == ["model fps", "server latency (ms)", "received fps"]
+                fps = float(await page.text_content("#fps"))
+                latency = float(await page.text_content("#latency"))
+                print(f"browser session: {fps:.1f} fps, {latency:.0f} ms server latency")
+                assert fps > 0
+
+                # Mirror: "m" and the checkbox flip both videos (display only).
+                transform = "getComputedStyle(document.getElementById('{}')).transform"
+                assert await page.evaluate(transform.format("remote")) == "none"
+                await page.focus("#fullwindow")
+                await page.keyboard.press("m")
+                assert await page.is_checked("#mirror")
+                for video in ("remote", "local"):
+                    assert await page.evaluate(transform.format(video)) == "matrix(-1, 0, 0, 1, 0, 0)"
+                await page.fill("#prompt", "mm")  # typing an "m" in the prompt is not a shortcut
+                assert await page.is_checked("#mirror")
+                await page.click("#mirror")
+                assert await page.evaluate(transform.format("remote")) == "none"
+
+                # Full window: "f", the button and Esc; the stylized video covers the whole viewport.
+                box = "(() => { const r = document.getElementById('remote').getBoundingClientRect(); " \
+                      "return [r.left, r.top, r.width, r.height]; })()"
+                full = "document.getElementById('output').classList.contains('full-window')"
+                small = await page.evaluate(box)
+                await page.focus("#fullwindow")
+                await page.keyboard.press("f")
+                assert await page.evaluate(full)
+                await page.wait_for_function(f"JSON.stringify({box}) === JSON.stringify([0, 0, innerWidth, innerHeight])")
+                assert await page.get_attribute("#fullwindow", "aria-pressed") == "true"
+                await page.keyboard.press("f")
+                await page.wait_for_function(f"!{full}")
+                await page.wait_for_function(f"JSON.stringify({box}) === JSON.stringify({small})")
+                await page.click("#fullwindow")
+                assert await page.evaluate(full)
+                await page.keyboard.press("Escape")
+                await page.wait_for_function(f"!{full}")
+                assert await page.get_attribute("#fullwindow", "aria-pressed") == "false"
+
+                await page.click("text=an oil painting, vivid colours, thick brush strokes")
+                await page.wait_for_function(remote_matches("s.right[1] > 160"))
+                await page.locator("#prompt").blur()
+                await page.evaluate("window.scrollTo(0, 0)")
+                await page.screenshot(path=str(screenshot), full_page=True)  # renders (docs/page_screenshot.py)
+                # Stop: the page ends its session and says it is not running.
+                await page.click("#stop")
+                await page.wait_for_function(SESSIONS_EMPTY, polling=200)
+                assert await page.text_content("#status") == "not running"
+                assert await page.is_hidden("#numbers")
+            finally:
+                await asyncio.wait_for(browser.close(), 15)
+
+    with server_in_namespace(tmp_path) as wrapper:
+        asyncio.run(asyncio.wait_for(scenario(wrapper), 150))
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_browser_page_camera_picker_and_camera_errors(tmp_path: Path) -> None:
+    from playwright.async_api import async_playwright
+
+    async def scenario(wrapper: Path) -> None:
+        async with async_playwright() as playwright:
+            browser = await launch(playwright, wrapper, "--use-fake-device-for-media-stream=device-count=3")
+            try:
+                # Camera refused (the user blocked it): one line saying so, ready to try again.
+                page = await open_page(browser, camera=False)
+                await page.click("#start")
+                await page.wait_for_function("document.getElementById('error').textContent !== ''")
+                assert await page.text_content("#error") == (
+                    "The camera was refused: allow it for this site (the camera icon in the address bar), "
+                    "then press Start again.")
+                assert await page.text_content("#status") == "not running" and await page.is_enabled("#start")
+                await page.context.close()
+
+                # Three cameras: all listed; the one picked is sent; another picked while running replaces it.
+                page = await open_page(browser)
+                await page.wait_for_function("document.getElementById('camera').options.length === 3")
+                options = await page.evaluate(
+                    "[...document.getElementById('camera').options].map(o => [o.text, o.value])")
+                assert [text for text, _ in options] == ["fake_device_0", "fake_device_1", "fake_device_2"]
+                ids = dict(options)
+                # (fake_device_1 imitates a depth camera, Y16, which Chromium does not encode: left out.)
+                await page.select_option("#camera", label="fake_device_2")
+                # A prompt applied before Start goes with the offer: "red" keeps only the red channel.
+                await page.click("text=a red ink drawing on rice paper")
+                await page.click("#start")
+                await page.wait_for_function("window.streamer.connectionState === 'connected'")
+                assert await page.evaluate(f"{SENT_SETTINGS}.deviceId") == ids["fake_device_2"]
+                await page.wait_for_function(remote_matches("s.left[1] < 30 && s.right[1] < 30"))
+                await page.select_option("#camera", label="fake_device_0")
+                await page.wait_for_function(f"{SENT_SETTINGS}.deviceId === '{ids['fake_device_0']}'")
+                assert await page.evaluate("document.getElementById('local').srcObject.getVideoTracks()[0]"
+                                           ".getSettings().deviceId") == ids["fake_device_0"]
+                # A camera unplugged after the list was made: the switch fails, the running camera and the
+                # picker stay as they were.
+                await page.evaluate("document.getElementById('camera').add(new Option('unplugged', 'gone'))")
+                await page.select_option("#camera", label="unplugged")
+                await page.wait_for_function("document.getElementById('error').textContent !== ''")
+                assert await page.text_content("#error") == (
+                    "The chosen camera is not available any more: pick another one.")
+                assert await page.input_value("#camera") == ids["fake_device_0"]
+                assert await page.evaluate(f"{SENT_SETTINGS}.deviceId") == ids["fake_device_0"]
+                frames = await page.evaluate("document.getElementById('remote').getVideoPlaybackQuality()"
+                                             ".totalVideoFrames")
+                await page.wait_for_function("document.getElementById('remote').getVideoPlaybackQuality()"
+                                             f".totalVideoFrames > {frames + 5}")  # still stylizing
+                await page.click("#stop")
+                await page.wait_for_function(SESSIONS_EMPTY, polling=200)
+                await page.context.close()
+
+                # Not a secure context (a plain http:// name that is not localhost): the camera cannot work,
+                # the page says what to do instead. The page and its script still come from the real server,
+                # fetched by a page on it (Playwright's own fetch runs outside the namespace).
+                on_server = await open_page(browser, camera=False)
+                context = await browser.new_context()
+
+                async def from_server(route) -> None:
+                    path = route.request.url.removeprefix("http://streamer.test")
+                    status, content_type, body = await on_server.evaluate(
+                        "async (path) => { const r = await fetch(path); "
+                        "return [r.status, r.headers.get('Content-Type'), await r.text()]; }", path)
+                    await route.fulfill(status=status, content_type=content_type, body=body)
+
+                await context.route("http://streamer.test/**", from_server)
+                page = await context.new_page()
+                await page.goto("http://streamer.test/")
+                assert not await page.evaluate("window.isSecureContext")
+                assert await page.text_content("#error") == (
+                    "The camera only works on a secure page: open this page over https:// (serve with --cert and "
+                    "--key) or as http://localhost:80/ on this machine; http://streamer.test is neither.")
+                assert await page.is_disabled("#start")
+                await context.close()
+            finally:
+                await asyncio.wait_for(browser.close(), 15)
+            # No camera at all.
+            browser = await launch(playwright, wrapper, "--use-fake-device-for-media-stream=device-count=0")
+            try:
+                page = await open_page(browser)
+                await page.click("#start")
+                await page.wait_for_function("document.getElementById('error').textContent !== ''")
+                assert await page.text_content("#error") == (
+                    "No camera found: connect one or start a virtual camera, then press Start again.")
+                assert await page.text_content("#status") == "not running"
+            finally:
+                await asyncio.wait_for(browser.close(), 15)
+
+    with server_in_namespace(tmp_path) as wrapper:
+        asyncio.run(asyncio.wait_for(scenario(wrapper), 150))

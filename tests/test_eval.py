@@ -12,8 +12,17 @@ import numpy as np
 import pytest
 
 from streamer.eval.clips import cut_clip, moving_clip, read_clip, still_clip, write_clip
-from streamer.eval.metrics import flicker, lag, measure, warp_errors
-from streamer.eval.run import frames_to_reset
+from streamer.eval.metrics import (
+    LAG_NO_MOTION,
+    LAG_NOT_FOLLOWING,
+    flicker,
+    lag,
+    lag_with_reason,
+    measure,
+    warp_errors,
+)
+from streamer.eval.plot import panels_of
+from streamer.eval.run import frames_to_reset, summary_lines
 
 CLI_TIMEOUT = 240
 
@@ -51,6 +60,28 @@ def test_lag_of_known_delays() -> None:
     assert lag(frames, delayed)[0] == pytest.approx(1.0, abs=0.05)
     # An exponential average with weight 0.3 on the past lags 0.3 / 0.7 = 0.43 frames.
     assert lag(frames, ema(frames, 0.3))[0] == pytest.approx(0.43, abs=0.06)
+
+
+def test_lag_says_why_it_is_not_a_number() -> None:
+    still = still_clip(8, 96, 64, noise_std=0, lighting_flicker=0).frames
+    assert lag_with_reason(still, still)[2] == LAG_NO_MOTION
+    moving = moving_clip(8, 96, 64).frames
+    frozen = np.repeat(moving[:1], len(moving), axis=0)
+    value, _, reason = lag_with_reason(moving, frozen)
+    assert np.isnan(value) and reason == LAG_NOT_FOLLOWING
+    assert lag_with_reason(moving, moving)[2] is None
+    assert measure(still, still).to_dict()["lag_note"] == LAG_NO_MOTION
+
+
+def test_summary_explains_every_na() -> None:
+    metrics = {"flicker": float("nan"), "warp_error": float("nan"), "lag_frames": float("nan"),
+               "lag_note": LAG_NO_MOTION, "change_vs_reference": None}
+    lines = summary_lines({"clips": {"input": {"variants": {"output": metrics}}}})
+    assert lines[-3:] == ["[1] flicker n/a: the input is never still (nothing to flicker against)",
+                          "[2] warp error n/a: the optical flow could follow no pixel",
+                          f"[3] lag n/a: {LAG_NO_MOTION}"]
+    assert lines[3].split() == ["input", "output", "n/a", "[1]", "n/a", "[2]", "n/a", "[3]"]
+    assert not any("nan" in line for line in lines)
 
 
 def test_measure_reports_per_frame_curves_and_change_against_a_reference() -> None:
@@ -105,6 +136,15 @@ def test_cli_runs_a_preset_and_writes_json_and_png(tmp_path: Path, preset: str) 
     assert report["clips"]["cut"]["cut_reset_frames"] == [0]
     assert "still: flicker on <= 0.5 x off" in report["targets"]
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The plot: on against off per clip metric, lag plotted, fresh noise only in a panel of its own.
+    panels = panels_of(report)
+    assert [(clip, metric) for clip, metric, *_ in panels] == [
+        ("still", "flicker"), ("moving", "warp_error"), ("moving", "lag"), ("cut", "change_vs_reference"),
+        ("still", "flicker")]
+    assert [variants for _, _, variants, _ in panels[:4]] == [["off", "on"], ["off", "on"], ["off", "on"], ["on"]]
+    assert panels[4][2] == ["fresh", "off", "on"] and "fresh noise" in panels[4][3]
+    assert [title.split("\n")[0] for *_, title in panels[:4]] == [
+        "still: flicker (px)", "moving: warp error (px)", "moving: lag (frames)", "cut: |out - off| (px)"]
     if preset == "analytic":  # real pictures: fresh noise flickers far more than fixed noise
         assert still["fresh"]["flicker"] > 3 * still["off"]["flicker"]
 
@@ -123,10 +163,60 @@ def test_cli_measures_two_files(tmp_path: Path) -> None:
 
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
-    result = streamer("eval", cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "streamer: error: give --preset NAME (e.g. --preset tiny) to run a model, or INPUT OUTPUT to measure files"]
     result = streamer("eval", "missing.mp4", "also-missing.mp4", cwd=tmp_path)
     assert result.returncode == 2 and "missing.mp4 does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+    write_clip(tmp_path / "in.mp4", still_clip(4, 32, 24).frames)
+    result = streamer("eval", "--check", "in.mp4", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "streamer: error: --check compares against targets set for the generated clips; leave out INPUT to use them"]
+
+
+def test_cli_without_preset_runs_the_documented_default(tmp_path: Path) -> None:
+    """`streamer eval` alone runs the default preset, as --help says (offline here: the one-line download hint)."""
+    assert "(default lcm-dreamshaper)" in " ".join(streamer("eval", "--help", cwd=tmp_path).stdout.split())
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin",
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    result = subprocess.run([sys.executable, "-m", "streamer", "eval"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=CLI_TIMEOUT)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("streamer: error:"), result.stderr
+    assert "SimianLuo/LCM_Dreamshaper_v7" in lines[0] and "hf download" in lines[0]
+
+
+@pytest.mark.slow
+def test_cli_text_has_units_explains_na_and_check_passes(tmp_path: Path) -> None:
+    result = streamer("eval", "--preset", "analytic", "--frames", "6", "--size", "64x48", "--check", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    lines = out.splitlines()
+    assert "nan" not in out and "[0]" not in out
+    assert lines[0].startswith("px: mean absolute pixel difference (0-255)")
+    assert "flicker vs off: flicker / flicker with smoothing off" in out
+    header = " ".join(lines[2].split()) + " / " + " ".join(lines[3].split())
+    assert header == ("flicker flicker warp err lag |out-off| time / "
+                      "clip variant (px) vs off (px) (frames) (px) (ms/frame)")
+    rows = {tuple(line.split()[:2]): line.split() for line in lines if line.split()[:1] in (["still"], ["moving"])}
+    assert rows[("still", "off")][3] == "1.00x" and rows[("still", "on")][3].endswith("x")
+    assert float(rows[("still", "on")][3][:-1]) < 0.5
+    assert rows[("still", "on")][5:7] == ["n/a", "[1]"]  # the still clip cannot lag
+    assert "[1] lag n/a: the input does not move: nothing to lag behind" in lines
+    assert "cut      on       smoothing state reset at frame 3, on the cut frame (cut at frame 3)" in lines
+    assert "variants: fresh = fresh noise per frame; off = smoothing off (fixed noise); on = smoothing on" in lines
+    assert sum(line.startswith("MET  ") for line in lines) == 5
+    assert lines[-1] == "check: all 5 targets met"
+
+
+@pytest.mark.slow
+def test_cli_check_exits_1_when_a_target_is_missed(tmp_path: Path) -> None:
+    # No blending at all: smoothing on is smoothing off, so "flicker on <= 0.5 x off" cannot hold.
+    (tmp_path / "flat.yaml").write_text("smoothing:\n  input_blend: 0.0\n  output_blend: 0.0\n  max_skip: 0\n")
+    args = ("eval", "--preset", "analytic", "--config", "flat.yaml", "--frames", "6", "--size", "64x48")
+    result = streamer(*args, "--check", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [
+        "streamer: eval --check: 1 of 5 targets missed: still: flicker on <= 0.5 x off: 1.017 (limit 0.508)"]
+    assert "MISS still: flicker on <= 0.5 x off: 1.017 (limit 0.508)" in result.stdout.splitlines()
+    assert streamer(*args, cwd=tmp_path).returncode == 0  # without --check a miss is only reported

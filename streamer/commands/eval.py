@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
 from streamer.config import add_pipeline_args, parse_size, pipeline_config_from_args
 
 EPILOG = """examples:
-  streamer eval --preset tiny --json eval.json --plot eval.png
-      run the model on generated clips (still, moving, cut) with smoothing on, off and fresh noise
+  streamer eval --preset analytic --json eval.json --plot eval.png
+      run a model on generated clips (still, moving, cut) with smoothing on, off and fresh noise
+      (analytic: a deterministic model with no download; without --preset: the default model)
+  streamer eval --preset analytic --check
+      the same, exit status 1 when a smoothing target is missed (for CI)
   streamer eval --preset analytic my_clip.mp4
       the same on your own clip
   streamer eval input.mp4 stylized.mp4 --reference unsmoothed.mp4
@@ -24,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
     parser.add_argument("input", nargs="?", type=Path, default=None,
-                        help="input clip; without it, generated clips are used (needs --preset)")
+                        help="input clip; without it, generated clips are used")
     parser.add_argument("output", nargs="?", type=Path, default=None,
                         help="the stylized output of INPUT; given, nothing is run, the two files are measured")
     parser.add_argument("--reference", type=Path, default=None,
@@ -37,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=parse_size, dest="clip_size", help=argparse.SUPPRESS)  # old name
     parser.add_argument("--json", type=Path, default=None, help="write the full report (per frame too) here")
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG of the per-frame curves here")
+    parser.add_argument("--check", action="store_true",
+                        help="exit with status 1 when a smoothing target is missed (generated clips only)")
     add_pipeline_args(parser)
 
 
@@ -68,8 +73,6 @@ def _run_model(args: argparse.Namespace) -> dict[str, Any]:
     from streamer.eval.clips import CLIP_NAMES, Clip, make_clip, read_clip
     from streamer.eval.run import evaluate_pipeline
 
-    if args.preset is None and args.config is None:
-        raise ValueError("give --preset NAME (e.g. --preset tiny) to run a model, or INPUT OUTPUT to measure files")
     if args.frames < 4:
         raise ValueError(f"--frames must be at least 4, got {args.frames}")
     config = pipeline_config_from_args(args)
@@ -88,8 +91,10 @@ def _run_model(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from streamer.eval.run import summary_lines
+    from streamer.eval.run import missed_targets, summary_lines
 
+    if args.check and args.input is not None:
+        raise ValueError("--check compares against targets set for the generated clips; leave out INPUT to use them")
     if args.output is not None:
         report = _measure_files(args)
     else:
@@ -99,12 +104,21 @@ def run(args: argparse.Namespace) -> int:
     for line in summary_lines(report):
         print(line)
     if args.json is not None:
+        from streamer.bench import write_json
+
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(_finite(report), indent=1))
+        write_json(_finite(report), args.json)
         print(f"wrote {args.json}")
     if args.plot is not None:
         from streamer.eval.plot import plot_report
 
         plot_report(report, args.plot)
         print(f"wrote {args.plot}")
+    if args.check:
+        missed = missed_targets(report)
+        if missed:
+            print(f"streamer: eval --check: {len(missed)} of {len(report['targets'])} targets missed: "
+                  + "; ".join(missed), file=sys.stderr)
+            return 1
+        print(f"check: all {len(report['targets'])} targets met")
     return 0

@@ -104,9 +104,21 @@ def _lag_from_fit(coefficients: np.ndarray) -> float:
     return float((np.arange(len(weights)) * weights).sum() / weights.sum())
 
 
+LAG_NO_MOTION = "the input does not move: nothing to lag behind"
+LAG_NOT_FOLLOWING = "the output does not follow the input's motion"
+
+
 def lag(inputs: np.ndarray, outputs: np.ndarray, threshold: float = MOVING_THRESHOLD,
         taps: int = LAG_TAPS) -> tuple[float, list[float]]:
-    """Delay (frames) of the output behind the input in moving regions: (whole clip, per frame).
+    """Delay (frames) of the output behind the input in moving regions: (whole clip, per frame)."""
+    value, per_frame, _ = lag_with_reason(inputs, outputs, threshold, taps)
+    return value, per_frame
+
+
+def lag_with_reason(inputs: np.ndarray, outputs: np.ndarray, threshold: float = MOVING_THRESHOLD,
+                    taps: int = LAG_TAPS) -> tuple[float, list[float], str | None]:
+    """Delay (frames) of the output behind the input in moving regions: (whole clip, per frame, why the
+    whole-clip value is NaN: ``LAG_NO_MOTION`` or ``LAG_NOT_FOLLOWING``; None when it is a number).
 
     Fits out_t - out_t-1 ~ sum_k a_k (in_t-k - in_t-k-1) per pixel where the input moves (least squares
     on gray frames downscaled by 8, so a stylized, softer output still lines up), lag = sum k a_k / sum a_k. A plain output
@@ -129,9 +141,10 @@ def lag(inputs: np.ndarray, outputs: np.ndarray, threshold: float = MOVING_THRES
         coefficients, *_ = np.linalg.lstsq(x, y, rcond=None)
         per_frame[i + 1] = _lag_from_fit(coefficients)
     if not rows:
-        return float("nan"), per_frame
+        return float("nan"), per_frame, LAG_NO_MOTION
     coefficients, *_ = np.linalg.lstsq(np.concatenate(rows), np.concatenate(targets), rcond=None)
-    return _lag_from_fit(coefficients), per_frame
+    value = _lag_from_fit(coefficients)
+    return value, per_frame, (LAG_NOT_FOLLOWING if np.isnan(value) else None)
 
 
 def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> list[float]:
@@ -153,10 +166,12 @@ class ClipMetrics:
     lag_frames: float
     change_vs_reference: float | None = None
     per_frame: dict[str, list[float]] = field(default_factory=dict)
+    lag_note: str | None = None  # why lag_frames is NaN
 
     def to_dict(self) -> dict:
         return {"flicker": self.flicker, "warp_error": self.warp_error, "lag_frames": self.lag_frames,
-                "change_vs_reference": self.change_vs_reference, "per_frame": self.per_frame}
+                "lag_note": self.lag_note, "change_vs_reference": self.change_vs_reference,
+                "per_frame": self.per_frame}
 
 
 def measure(inputs: np.ndarray, outputs: np.ndarray, reference: np.ndarray | None = None) -> ClipMetrics:
@@ -166,11 +181,11 @@ def measure(inputs: np.ndarray, outputs: np.ndarray, reference: np.ndarray | Non
     check_pair(inputs, outputs)
     flick = flicker(inputs, outputs)
     warp = warp_errors(inputs, outputs)
-    clip_lag, frame_lag = lag(inputs, outputs)
+    clip_lag, frame_lag, lag_note = lag_with_reason(inputs, outputs)
     per_frame = {"flicker": [float("nan"), *flick], "warp_error": [float("nan"), *warp], "lag": frame_lag}
     change = None
     if reference is not None:
         diffs = mean_abs_diff(outputs, reference[:n])
         per_frame["change_vs_reference"] = diffs
         change = _mean(diffs)
-    return ClipMetrics(_mean(flick), _mean(warp), clip_lag, change, per_frame)
+    return ClipMetrics(_mean(flick), _mean(warp), clip_lag, change, per_frame, lag_note)

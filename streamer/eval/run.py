@@ -107,19 +107,66 @@ def evaluate_files(inputs: np.ndarray, outputs: np.ndarray, reference: np.ndarra
             "notes": [CLIP_NOTE]}
 
 
+def _number(value: float | None, spec: str, suffix: str = "") -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:{spec}}{suffix}"
+
+
+def _reset_line(cut: int, frames_late: int | None) -> str:
+    if frames_late is None:
+        return f"smoothing state not reset by the end of the clip (cut at frame {cut})"
+    when = "on the cut frame" if frames_late == 0 else f"{frames_late} frame(s) after the cut"
+    return f"smoothing state reset at frame {cut + frames_late}, {when} (cut at frame {cut})"
+
+
 def summary_lines(report: dict[str, Any]) -> list[str]:
-    """A plain table for the terminal."""
-    lines = [f"{'clip':8} {'variant':8} {'flicker':>8} {'warp err':>9} {'lag':>6} {'vs off':>7} {'ms/frame':>9}"]
+    """A plain table for the terminal, units in the header, every n/a explained below it."""
+    variants = report.get("variants", {})
+    ref = "off" if "off" in variants else "ref"
+    lines = [f"px: mean absolute pixel difference (0-255), lower is steadier; |out-{ref}|: the output against "
+             f"the {'unsmoothed' if ref == 'off' else 'reference'} one",
+             *(["flicker vs off: flicker / flicker with smoothing off (0.5x = half as much)"] if ref == "off" else []),
+             f"{'':17}{'flicker':>8} {'flicker':>8} {'warp err':>9} {'lag':>9} {f'|out-{ref}|':>10} {'time':>10}",
+             f"{'clip':8} {'variant':8}{'(px)':>8} {'vs off':>8} {'(px)':>9} {'(frames)':>9} {'(px)':>10} "
+             f"{'(ms/frame)':>10}"]
+    notes: list[str] = []
+
+    def explained(value: float | None, note: str | None) -> str:
+        text = _number(value, ".2f")
+        if text == "n/a" and note:
+            if note not in notes:
+                notes.append(note)
+            text = f"n/a [{notes.index(note) + 1}]"
+        return text
+
     for name, clip in report["clips"].items():
+        off = clip["variants"].get("off")
         for variant, m in clip["variants"].items():
-            change = m.get("change_vs_reference")
-            ms = m.get("seconds_per_frame")
-            lines.append(f"{name:8} {variant:8} {m['flicker']:8.2f} {m['warp_error']:9.2f} {m['lag_frames']:6.2f} "
-                         f"{'' if change is None else f'{change:.2f}':>7} {'' if ms is None else f'{ms * 1e3:.1f}':>9}")
-        if "cut_reset_frames" in clip:
-            lines.append(f"{name:8} smoothing state reset {clip['cut_reset_frames']} frame(s) after the cut")
+            ratio = None
+            if off is not None and off["flicker"] is not None and math.isfinite(off["flicker"]) and off["flicker"] > 0:
+                ratio = m["flicker"] / off["flicker"]
+            flicker = explained(m["flicker"], "flicker n/a: the input is never still (nothing to flicker against)")
+            warp = explained(m["warp_error"], "warp error n/a: the optical flow could follow no pixel")
+            lag_text = explained(m["lag_frames"], m.get("lag_note") and f"lag n/a: {m['lag_note']}")
+            change, ms = m.get("change_vs_reference"), m.get("seconds_per_frame")
+            lines.append(f"{name:8} {variant:8}{flicker:>8} {'' if off is None else _number(ratio, '.2f', 'x'):>8} "
+                         f"{warp:>9} {lag_text:>9} "
+                         f"{'' if change is None else _number(change, '.2f'):>10} "
+                         f"{'' if ms is None else f'{ms * 1e3:.1f}':>10}")
+        for cut, late in zip(clip.get("cut_frames", []), clip.get("cut_reset_frames", []), strict=False):
+            lines.append(f"{name:8} {'on':8} {_reset_line(cut, late)}")
+    lines.extend(f"[{i}] {note}" for i, note in enumerate(notes, start=1))
+    if variants:
+        lines.append("variants: " + "; ".join(f"{key} = {label}" for key, label in variants.items()))
     for target, t in report.get("targets", {}).items():
-        value = "n/a" if t["value"] is None else f"{t['value']:.3f}"
-        lines.append(f"{'MET ' if t['met'] else 'MISS'} {target}: {value} (limit {t['limit']:.3f})")
+        lines.append(f"{'MET ' if t['met'] else 'MISS'} {target}: {_target_values(t)}")
     lines.extend(f"note: {note}" for note in report.get("notes", []))
     return lines
+
+
+def _target_values(target: dict[str, Any]) -> str:
+    return f"{_number(target['value'], '.3f')} (limit {_number(target['limit'], '.3f')})"
+
+
+def missed_targets(report: dict[str, Any]) -> list[str]:
+    """The targets a report misses, each as 'name: value (limit L)'."""
+    return [f"{name}: {_target_values(t)}" for name, t in report.get("targets", {}).items() if not t["met"]]
