@@ -446,8 +446,9 @@ def test_serve_over_https_with_a_certificate(tmp_path: Path) -> None:
                     assert response.status == 200
 
         run_async(scenario)
-        server.send_signal(signal.SIGTERM)
+        server.send_signal(signal.SIGHUP)  # the terminal closed: a clean stop, like SIGINT and SIGTERM
         assert server.wait(timeout=20) == 0, log.read_text()
+        assert "shutting down" in log.read_text()
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)

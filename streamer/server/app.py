@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import ssl
 import sys
 from collections.abc import Awaitable, Callable
@@ -29,6 +28,7 @@ from streamer.server.sessions import (
     ice_configuration,
     restrict_host_candidates,
 )
+from streamer.stop_signals import STOP_SIGNALS
 from streamer.worker import GpuWorker
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ def ssl_context(options: ServerOptions) -> ssl.SSLContext | None:
 
 
 def run_server(options: ServerOptions, pipeline: FramePipeline, source: Any = None) -> int:
-    """Serve until SIGINT/SIGTERM; then close every peer connection and stop the worker."""
+    """Serve until SIGINT, SIGTERM or SIGHUP; then close every peer connection and stop the worker."""
     options.check()
     context = ssl_context(options)
     if options.ice_addresses:
@@ -221,7 +221,7 @@ async def _serve(options: ServerOptions, worker: GpuWorker, metrics: ServerMetri
     print(f"streamer: serving on {scheme}://{host}:{port}/  (viewer: /watch, WHIP: /whip, WHEP: /whep, "
           f"metrics: /metrics)", file=sys.stderr, flush=True)
     stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     print("streamer: shutting down", file=sys.stderr, flush=True)
