@@ -82,7 +82,9 @@ def stop_process_group(pid: int, timeout: float = 10.0) -> None:
 
 
 def group_alive(pgid: int) -> bool:
-    result = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, timeout=10)
+    """A process of the group still runs (an exited child not yet reaped, a zombie, does not count)."""
+    result = subprocess.run(["pgrep", "-g", str(pgid), "--runstates", "D,R,S,T,t"], capture_output=True,
+                            timeout=10)
     return result.returncode == 0
 
 
