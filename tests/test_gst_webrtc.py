@@ -24,8 +24,9 @@ import aiohttp
 import pytest
 
 from tests.conftest import SYSTEM_PYTHON
+from tests.servers import serving
 from tests.test_browser import namespaces_work
-from tests.test_server import run_async, serving
+from tests.test_server import run_async
 from tests.webrtc_helpers import InvertingPipeline, new_pc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,7 +209,8 @@ def test_answer_takes_the_dtls_server_role_only_when_the_offer_leaves_the_choice
         offer = pc.localDescription.sdp
         await pc.close()
         assert "a=setup:actpass" in offer
-        async with serving(InvertingPipeline()) as (base, _app):
+        async with serving(InvertingPipeline()) as server:
+            base = server.url
             async with aiohttp.ClientSession() as http:
                 for offered, answered in (("actpass", "passive"), ("active", "passive"), ("passive", "active")):
                     async with http.post(f"{base}/whip", data=offer.replace("a=setup:actpass", f"a=setup:{offered}"),

@@ -127,9 +127,10 @@ def test_http_control_while_running(tmp_path: Path) -> None:
                 assert process.poll() is None and time.monotonic() < deadline, "control endpoint never came up"
                 time.sleep(0.2)
         assert status == 200 and params["smoothing"] is True
-        status, applied = http("POST", url, {"prompt": "a watercolor", "strength": 0.6, "seed": 3,
-                                             "smoothing": False})
-        assert status == 200
+        status, reply = http("POST", url, {"prompt": "a watercolor", "strength": 0.6, "seed": 3,
+                                           "smoothing": False})
+        assert status == 200 and reply["ok"] is True
+        applied = reply["params"]
         assert (applied["prompt"], applied["strength"], applied["seed"], applied["smoothing"]) == \
             ("a watercolor", 0.6, 3, False)
         status, error = http("POST", url, {"strength": -1})
