@@ -78,12 +78,17 @@ class Served:
         return stop_streamer(self.process, sig)
 
 
+STREAMER = (sys.executable, "-m", "streamer", "-v")
+
+
 def start_streamer(args: Sequence[str], log: Path, ready: str, env: dict[str, str] | None = None,
-                   timeout: float = 120, port: int | None = None, cwd: Path | None = None) -> Served:
-    """Start `python -m streamer -v ARGS` (stderr into ``log``) and wait until the log matches ``ready``
-    (a pattern whose group, if any, is the server's URL)."""
+                   timeout: float = 120, port: int | None = None, cwd: Path | None = None,
+                   program: Sequence[str] = STREAMER, prefix: Sequence[str] = ()) -> Served:
+    """Start `python -m streamer -v ARGS` (or ``program`` ARGS; ``prefix`` before it, e.g. a wrapper that
+    makes a network namespace and execs the rest) in its own session, stderr into ``log``, and wait until
+    the log matches ``ready`` (a pattern whose group, if any, is the server's URL)."""
     with open(log, "wb") as err:
-        process = subprocess.Popen([sys.executable, "-m", "streamer", "-v", *args], stdout=subprocess.DEVNULL,
+        process = subprocess.Popen([*prefix, *program, *args], stdout=subprocess.DEVNULL,
                                    stderr=err, cwd=cwd or log.parent, start_new_session=True,
                                    env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
     deadline = time.monotonic() + timeout

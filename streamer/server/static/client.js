@@ -30,7 +30,8 @@
     if (!state.sessionId) return;
     const response = await fetch(`/sessions/${state.sessionId}/params`, {
       method: "POST", body: JSON.stringify(clean), headers: { ...headers, "Content-Type": "application/json" } });
-    const reply = response.ok ? await response.json() : { ok: false, error: await response.text() };
+    const json = (response.headers.get("Content-Type") || "").startsWith("application/json");
+    const reply = json ? await response.json() : { ok: false, error: await response.text() };  // {ok, params|error}
     state.lastReply = reply;
     setError(reply.ok ? "" : reply.error);
   }
