@@ -297,10 +297,10 @@ def test_serve_refuses_a_bad_change_whole_and_takes_the_next() -> None:
                 initial = (state.strength, state.num_inference_steps, state.seed, state.guidance_scale)
                 url = f"{base}/sessions/{peer.session_id}/params"
                 async with aiohttp.ClientSession() as http:
-                    async def post(body: str) -> tuple[int, str]:
+                    async def post(body: str) -> tuple[int, Any]:
                         async with http.post(url, data=body, headers={"Content-Type": "application/json"},
                                              timeout=aiohttp.ClientTimeout(total=30)) as response:
-                            return response.status, await response.text()
+                            return response.status, await response.json()  # {"ok": false, "error": ...}
 
                     status, text = await post(json.dumps(NO_SCHEDULE))
                     assert status == 400, text
