@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import threading
 import time
 import urllib.error
@@ -15,6 +16,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from conftest import free_port
+from test_run_cli import http, start, stop, streamer
 from test_runtime import MarkReadingSink
 
 from pipelines.config import LiveParams
@@ -135,6 +138,50 @@ def test_reading_params_does_not_wait_for_a_change_in_progress() -> None:
 
 
 
+# --- `streamer run`: the control port and the terminal, as the user runs them ------------------------
+
+def test_http_control_while_running(tmp_path: Path) -> None:
+    port = free_port()
+    process = start("--source", "testsrc:160x96@30", "--sink", "out.mkv", "--preset", "passthrough",
+                    "--control-port", str(port), "--duration", "120", cwd=tmp_path)
+    try:
+        url = f"http://127.0.0.1:{port}/params"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                status, params = http("GET", url)
+                break
+            except urllib.error.URLError:
+                assert process.poll() is None and time.monotonic() < deadline, "control endpoint never came up"
+                time.sleep(0.2)
+        assert status == 200 and params["smoothing"] is True
+        status, reply = http("POST", url, {"prompt": "a watercolor", "strength": 0.6, "seed": 3,
+                                           "smoothing": False})
+        assert status == 200 and reply["ok"] is True
+        applied = reply["params"]
+        assert (applied["prompt"], applied["strength"], applied["seed"], applied["smoothing"]) == \
+            ("a watercolor", 0.6, 3, False)
+        status, error = http("POST", url, {"strength": -1})
+        assert status == 400 and "strength" in error["error"]
+        assert http("GET", url)[1]["strength"] == 0.6
+        status, stats = http("GET", f"http://127.0.0.1:{port}/stats")
+        assert status == 200 and stats["frames_in"] > 0
+    finally:
+        code, err = stop(process, signal.SIGTERM)
+    assert code == 143, err
+
+
+def test_stdin_control_lines(tmp_path: Path) -> None:
+    result = streamer("--source", "testsrc:160x96@30", "--sink", "out.mkv", "--preset", "passthrough",
+                      "--duration", "2", "--control-stdin", cwd=tmp_path,
+                      stdin="strength 0.6\nseed x\nsmoothing off\n")
+    assert result.returncode == 0, result.stderr
+    assert "ok: strength=0.6" in result.stderr
+    assert "error: seed must be" in result.stderr
+    assert "ok: smoothing=False" in result.stderr
+
+
+
 # --- the same answers on both servers ------------------------------------------------------------------
 
 class FailingPipeline(InvertingPipeline):
@@ -204,6 +251,10 @@ def test_run_and_serve_give_the_same_answers_to_the_same_changes() -> None:
                     assert "out of memory" in dict((w, r) for w, _, r in answers)[CHANGES[8][0]]["error"]
 
                     # The data channel: the same answers in its {"type": "params"} envelope.
+                    deadline = time.monotonic() + 30
+                    while peer.channel.readyState != "open":
+                        assert time.monotonic() < deadline, f"data channel {peer.channel.readyState}"
+                        await asyncio.sleep(0.05)
                     for what, body, reply in answers:
                         if what in ("not JSON", "a form post", "not an object"):
                             continue  # no JSON object: the message reader's own one-line refusal
