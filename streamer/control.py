@@ -1,7 +1,13 @@
-"""Change prompt, strength, seed and smoothing while a stream runs: terminal lines (HTTP: control_http).
+"""Change prompt, strength, seed and smoothing while a stream runs: the one handler of live changes
+(``ParamsController``) and the terminal's lines (HTTP: control_http).
 
-Every change is read by ``pipelines.config.LiveParams`` (the one check of live parameters; the WebRTC server
-uses it too) and reaches the model through ``GpuWorker.update`` on the worker thread.
+Every surface (`run`'s terminal and --control-port, `serve`'s POST /sessions/{id}/params and its data
+channel) hands a change to ``ParamsController.answer``, so all give the same answers: 200 with
+``{"ok": true, "params": {every current parameter}}``; a change refused (a value, an empty change, or steps
+and strength that make no schedule) 400 with ``{"ok": false, "error": "one line"}`` and nothing changed; a
+pipeline that fails to apply a valid change (not the client's fault) 503, same shape. Every change is read by
+``pipelines.config.LiveParams`` (the one check of live parameters) and reaches the model through
+``GpuWorker.update`` on the worker thread.
 """
 
 from __future__ import annotations
@@ -19,6 +25,11 @@ from pipelines.frames import LIVE_PARAMS
 log = logging.getLogger(__name__)
 
 UPDATE_TIMEOUT_S = 30.0
+
+
+class ChangeFailed(RuntimeError):
+    """The pipeline failed to apply a change that was valid (out of memory, a stopped worker, a timeout):
+    not the client's fault (HTTP 503)."""
 
 COMMAND_HELP = ("commands: prompt TEXT | negative_prompt TEXT | strength 0-1 | seed N | steps N | "
                 "guidance X | smoothing on|off | params | help")
@@ -76,13 +87,22 @@ class ParamsController:
 
     def apply(self, changes: Mapping[str, Any]) -> dict[str, Any]:
         """Check the whole change, update every stream, return all current parameters. ValueError if the
-        change is refused (a value, or steps and strength together); the parameters are then as before."""
+        change is refused (a value, an empty change, or steps and strength together); the parameters are then
+        as before. ChangeFailed if the pipeline could not apply a valid change."""
         params = LiveParams.parse(changes).changes()
         if not params:
-            return self.current
+            raise ValueError(f"no parameters given; send some of: {', '.join(LIVE_PARAMS)}")
         with self._changing:
             for stream_id in self.stream_ids:
-                self.worker.update(stream_id, **params).result(timeout=UPDATE_TIMEOUT_S)
+                try:
+                    self.worker.update(stream_id, **params).result(timeout=UPDATE_TIMEOUT_S)
+                except ValueError:
+                    raise
+                except TimeoutError:
+                    raise ChangeFailed(f"the pipeline did not apply the change within {UPDATE_TIMEOUT_S:g} s; "
+                                       "try again") from None
+                except Exception as exc:  # noqa: BLE001 - the model's failure, reported as one line
+                    raise ChangeFailed(f"the pipeline could not apply the change: {_one_line(exc)}") from exc
             with self._lock:  # GET /params reads while a change waits for the worker: it sees the old state
                 for key, value in params.items():
                     if key == "smoothing":
@@ -90,6 +110,22 @@ class ParamsController:
                     else:
                         self._current[key] = value
                 return dict(self._current)
+
+    def answer(self, changes: Any) -> tuple[int, dict[str, Any]]:
+        """The answer every surface gives to a change: (HTTP status, JSON body). Blocks until the worker has
+        applied it: call it off an event loop."""
+        try:
+            return 200, {"ok": True, "params": self.apply(changes)}
+        except ValueError as exc:
+            return 400, {"ok": False, "error": _one_line(exc)}
+        except ChangeFailed as exc:
+            log.warning("live change failed: %s", exc)
+            return 503, {"ok": False, "error": str(exc)}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class TerminalControl:
@@ -116,12 +152,12 @@ class TerminalControl:
                 return COMMAND_HELP
             if kind == "params":
                 return json.dumps(self.params.current)
-            current = self.params.apply(params)
-            return "ok: " + ", ".join(f"{k}={current.get(k)!r}" for k in params)
         except ValueError as exc:
             return f"error: {exc}"
-        except Exception as exc:  # noqa: BLE001 - keep the control loop alive whatever the pipeline says
-            return f"error: the pipeline refused the change: {exc}"
+        _, reply = self.params.answer(params)
+        if not reply["ok"]:
+            return f"error: {reply['error']}"
+        return "ok: " + ", ".join(f"{k}={reply['params'].get(k)!r}" for k in params)
 
     def _run(self) -> None:
         for line in self.stream:

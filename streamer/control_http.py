@@ -2,7 +2,9 @@
 
 An aiohttp app on its own thread with its own event loop (the live runtime is not asyncio), started by the
 server's one start-up (streamer.server.listen: header and body timeouts, at most 64 connections) and guarded
-by the server's one guard (Host, Origin, optional token). Answers are JSON, errors ``{"error": "..."}``.
+by the server's one guard (Host, Origin, optional token). Answers are JSON, errors
+``{"ok": false, "error": "..."}``. ``params_reply`` is the HTTP face of the one live-change handler
+(ParamsController.answer), used by this app and by `streamer serve`'s POST /sessions/{id}/params alike.
 """
 
 from __future__ import annotations
@@ -11,20 +13,45 @@ import asyncio
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 from aiohttp import web
 
 from streamer.control import ParamsController
+from streamer.prometheus import CONTENT_TYPE, exposition
 from streamer.server.auth import Access, allowed_host_names
 from streamer.server.bodies import READ_TIMEOUT, read_json
 from streamer.server.listen import start_http
+from streamer.stats import RunStats
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_CONNECTIONS = 64
 START_TIMEOUT = 10.0
+
+
+def refusal(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    """A refused request as both servers' control routes answer it: ``{"ok": false, "error": "one line"}``."""
+    line = message.strip().splitlines()[0] if message.strip() else "refused"
+    return web.json_response({"ok": False, "error": line}, status=status, headers=headers)
+
+
+async def params_reply(request: web.Request, params: ParamsController) -> web.Response:
+    """POST a live change: read the JSON body (its refusals in the same shape), apply it off the loop."""
+    try:
+        changes = await read_json(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return refusal(exc.status, exc.text or exc.reason)
+    status, body = await asyncio.to_thread(params.answer, changes)  # waits for the worker: off the loop
+    return web.json_response(body, status=status)
+
+
+def metrics_response(stats: RunStats, sessions: dict[str, int] | None = None) -> web.Response:
+    """GET /metrics of both servers: the one Prometheus exporter."""
+    return web.Response(body=exposition(stats, sessions).encode(),
+                        headers={"Content-Type": CONTENT_TYPE, "X-Content-Type-Options": "nosniff"})
 
 
 @web.middleware
@@ -41,12 +68,13 @@ async def json_errors(request: web.Request,
         elif exc.status == 405:
             message = "use GET or POST on /params, GET on /stats and /metrics"
         else:
-            message = (exc.text or exc.reason).strip().splitlines()[0]
+            message = exc.text or exc.reason
         keep = {k: v for k, v in exc.headers.items() if k in ("WWW-Authenticate", "Allow", "Retry-After")}
-        return web.json_response({"error": message}, status=exc.status, headers=keep)
+        return refusal(exc.status, message, keep)
 
 
-def create_control_app(params: ParamsController, stats: Any = None, access: Access | None = None) -> web.Application:
+def create_control_app(params: ParamsController, stats: RunStats | None = None,
+                       access: Access | None = None) -> web.Application:
     app = web.Application(middlewares=[json_errors, (access or Access()).middleware()],
                           client_max_size=MAX_BODY_BYTES)
 
@@ -54,15 +82,7 @@ def create_control_app(params: ParamsController, stats: Any = None, access: Acce
         return web.json_response(params.current)
 
     async def post_params(request: web.Request) -> web.Response:
-        changes = await read_json(request)
-        try:
-            applied = await asyncio.to_thread(params.apply, changes)  # waits for the worker: off the loop
-        except ValueError as exc:
-            raise web.HTTPBadRequest(text=str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - the pipeline refused; tell the client why
-            log.warning("control: update failed: %s", exc)
-            return web.json_response({"error": str(exc)}, status=500)
-        return web.json_response(applied)
+        return await params_reply(request, params)
 
     async def get_stats(request: web.Request) -> web.Response:
         if stats is None:
@@ -72,9 +92,7 @@ def create_control_app(params: ParamsController, stats: Any = None, access: Acce
     async def get_metrics(request: web.Request) -> web.Response:
         if stats is None:
             raise web.HTTPNotFound()
-        return web.Response(body=stats.prometheus().encode(),
-                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8",
-                                     "X-Content-Type-Options": "nosniff"})
+        return metrics_response(stats)
 
     app.router.add_get("/params", get_params)
     app.router.add_post("/params", post_params)
@@ -86,7 +104,8 @@ def create_control_app(params: ParamsController, stats: Any = None, access: Acce
 class ControlServer:
     """The control app on ``host:port`` (``port=0``: the system chooses, see ``.port``), on its own thread."""
 
-    def __init__(self, params: ParamsController, port: int, *, stats: Any = None, host: str = "127.0.0.1",
+    def __init__(self, params: ParamsController, port: int, *, stats: RunStats | None = None,
+                 host: str = "127.0.0.1",
                  token: str | None = None, allow_hosts: Sequence[str] = (), read_timeout: float = READ_TIMEOUT,
                  max_connections: int = MAX_CONNECTIONS) -> None:
         access = Access(token=token, bound_host=host, allow_hosts=allowed_host_names(allow_hosts))

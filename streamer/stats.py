@@ -1,7 +1,12 @@
-"""Every runtime metric in one place: counts, rates, stage times, latency; as JSON, a status line, Prometheus.
+"""Every runtime metric in one place, for `streamer run` and `streamer serve` alike: counts, rates, stage
+times, latency. Read as JSON (``--stats``, GET /stats), a status line, or Prometheus text (streamer.prometheus).
 
-Threads report events (a frame captured, dropped, written; a batch run) and read snapshots; all state is
-behind one lock. Time series keep a bounded window, so memory stays flat however long a run lasts.
+Threads report events (a frame captured or received, dropped, stylized, written or sent; a batch run) and
+read snapshots; all state is behind one lock. Time series keep a bounded window, so memory stays flat however
+long a run lasts.
+
+Latency is one thing everywhere: from the frame's capture time (a WebRTC frame: its arrival at the server)
+to the moment it left, written by a sink (`run`) or handed to the peer connection (`serve`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import numpy as np
 
 WINDOW = 4096  # samples kept per series for percentiles
 RATE_WINDOW_S = 2.0  # live fps is measured over this many seconds
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)  # seconds
+MODEL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)  # seconds per model call
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16)  # frames per model call
 
 
 class Series:
@@ -66,6 +74,28 @@ class Rate:
             self.times.popleft()
 
 
+class Histogram:
+    """Cumulative counts of observations at or below each bound, as Prometheus histograms have them."""
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.counts = [0] * len(buckets)
+        self.count = 0
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        for i, bound in enumerate(self.buckets):
+            if value <= bound:
+                self.counts[i] += 1
+
+    def copy(self) -> Histogram:
+        other = Histogram(self.buckets)
+        other.counts, other.count, other.total = list(self.counts), self.count, self.total
+        return other
+
+
 class SinkStats:
     def __init__(self) -> None:
         self.written = 0
@@ -78,15 +108,18 @@ class SinkStats:
 
 
 class RunStats:
-    """Collects what the live runtime reports; thread-safe. (The WebRTC server, with many sessions, keeps
-    its own counters in streamer/server/metrics.py, built on the same Rate.)"""
+    """Collects what the live paths report; thread-safe. One per process: `streamer run`'s runtime (one
+    source, its sinks) or `streamer serve`'s sessions (each stream also keeps a StreamStats view of its own).
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.started = time.monotonic()
         self.frames_in = 0
         self.frames_out = 0
+        self.frame_errors = 0
         self.dropped_capture = 0
+        self.sessions_started = 0
         self.no_signal = False
         self._sources: list[Any] = []  # sources that may count ``reconnects`` and ``dropped``
         self.rate_in, self.rate_out = Rate(), Rate()
@@ -94,6 +127,8 @@ class RunStats:
         self.latency = Series()
         self.batch_sizes: dict[int, int] = {}
         self.sinks: dict[str, SinkStats] = {}
+        self.histograms = {"latency_seconds": Histogram(LATENCY_BUCKETS), "batch_size": Histogram(BATCH_BUCKETS),
+                           "model_seconds": Histogram(MODEL_BUCKETS)}
 
     # --- events -------------------------------------------------------------------------------------
     def watch_source(self, source: Any) -> None:
@@ -118,11 +153,33 @@ class RunStats:
             self.stages["queue"].add(queue_s)
             self.stages["gpu"].add(gpu_s)
 
+    def failed(self) -> None:
+        """The pipeline failed on a frame (it is skipped, the stream goes on)."""
+        with self._lock:
+            self.frame_errors += 1
+
+    def sent(self, latency_s: float, now: float | None = None) -> None:
+        """A stylized frame left without a sink (`serve`: handed to the peer connection)."""
+        with self._lock:
+            self.frames_out += 1
+            self.rate_out.tick(now or time.monotonic())
+            self._delivered(latency_s)
+
+    def session_started(self) -> None:
+        with self._lock:
+            self.sessions_started += 1
+
     def batch(self, size: int, seconds: float) -> None:
         """GpuWorker's on_batch callback."""
         with self._lock:
             self.stages["model"].add(seconds)
             self.batch_sizes[size] = self.batch_sizes.get(size, 0) + 1
+            self.histograms["batch_size"].observe(size)
+            self.histograms["model_seconds"].observe(seconds)
+
+    def _delivered(self, latency_s: float) -> None:  # under the lock
+        self.latency.add(latency_s)
+        self.histograms["latency_seconds"].observe(latency_s)
 
     def add_sink(self, name: str) -> None:
         with self._lock:
@@ -138,7 +195,7 @@ class RunStats:
                 s.repeated += 1
             else:
                 s.latency.add(latency_s)
-                self.latency.add(latency_s)
+                self._delivered(latency_s)
 
     def sink_dropped(self, name: str, count: int = 1) -> None:
         with self._lock:
@@ -182,6 +239,7 @@ class RunStats:
                 "elapsed_s": round(elapsed, 3),
                 "frames_in": self.frames_in,
                 "frames_out": self.frames_out,
+                "frame_errors": self.frame_errors,
                 "dropped": sum(dropped_at.values()),
                 "dropped_at": dropped_at,
                 "reconnects": self.reconnects(),
@@ -220,40 +278,61 @@ class RunStats:
             parts.append("NO SIGNAL")
         return " | ".join(parts)
 
-    def prometheus(self, prefix: str = "streamer") -> str:
-        """The Prometheus text exposition format (for a /metrics route)."""
-        snap = self.snapshot()
-        lines: list[str] = []
+    def histogram_copies(self) -> dict[str, Histogram]:
+        """The Prometheus histograms (latency_seconds, batch_size, model_seconds), copied under the lock."""
+        with self._lock:
+            return {name: h.copy() for name, h in self.histograms.items()}
 
-        def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
-            lines.append(f"# HELP {prefix}_{name} {help_text}")
-            lines.append(f"# TYPE {prefix}_{name} {kind}")
-            for labels, value in samples:
-                lines.append(f"{prefix}_{name}{labels} {value:g}")
+    def stream(self) -> StreamStats:
+        """A view of one stream (a WebRTC session) that also counts into these totals."""
+        return StreamStats(self)
 
-        metric("frames_in_total", "counter", "Frames captured.", [("", snap["frames_in"])])
-        metric("frames_out_total", "counter", "Frames stylized.", [("", snap["frames_out"])])
-        metric("fps", "gauge", "Frames per second over the last seconds.",
-               [('{direction="in"}', snap["fps_in_now"]), ('{direction="out"}', snap["fps_out_now"])])
-        metric("dropped_frames_total", "counter", "Frames dropped, by where.",
-               [(f'{{where="{_label(k)}"}}', v) for k, v in snap["dropped_at"].items()])
-        metric("reconnects_total", "counter", "Source reconnections.", [("", snap["reconnects"])])
-        lat = snap["latency_ms"]
-        if lat["p50"] is not None:
-            metric("latency_ms", "gauge", "Capture-to-output latency percentiles.",
-                   [('{quantile="0.5"}', lat["p50"]), ('{quantile="0.95"}', lat["p95"])])
-        stage_samples = [(f'{{stage="{k}"}}', v["mean_ms"]) for k, v in snap["stages"].items() if v["count"]]
-        if stage_samples:
-            metric("stage_ms", "gauge", "Mean time per stage.", stage_samples)
-        metric("batches_total", "counter", "Model calls, by batch size.",
-               [(f'{{size="{k}"}}', v) for k, v in snap["batch_sizes"].items()])
-        return "\n".join(lines) + "\n"
+
+class StreamStats:
+    """One stream's own counts, frame rate and last latency (the page's readout, /sessions); every event is
+    counted once more into the process's RunStats (``parent``), which keeps it after the stream is gone.
+    Updated on the server's event loop."""
+
+    def __init__(self, parent: RunStats | None = None) -> None:
+        self.parent = parent
+        self._rate = Rate()
+        self.last_latency = 0.0
+        self.frames = 0
+        self.dropped = 0
+        self.received = 0  # input frames from the peer (browser camera, WHIP publisher)
+
+    def frame_received(self) -> None:
+        self.received += 1
+        if self.parent is not None:
+            self.parent.captured()
+
+    def frame_dropped(self) -> None:
+        """Replaced by a newer frame before the model took it."""
+        self.dropped += 1
+        if self.parent is not None:
+            self.parent.dropped_at_capture()
+
+    def frame_failed(self) -> None:
+        if self.parent is not None:
+            self.parent.failed()
+
+    def frame_out(self, latency: float) -> None:
+        now = time.monotonic()
+        self._rate.tick(now)
+        self.frames += 1
+        self.last_latency = latency
+        if self.parent is not None:
+            self.parent.sent(latency, now)
+
+    @property
+    def fps(self) -> float:
+        return self._rate.per_second(time.monotonic())
+
+    def as_dict(self) -> dict[str, float]:
+        return {"fps": round(self.fps, 2), "latency_ms": round(self.last_latency * 1000, 1),
+                "frames": self.frames, "dropped": self.dropped, "received": self.received}
 
 
 def _latency(summary: dict[str, Any]) -> dict[str, float | None]:
     return {"p50": summary.get("p50_ms"), "p95": summary.get("p95_ms"), "max": summary.get("max_ms"),
             "mean": summary.get("mean_ms")}
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')

@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +23,9 @@ import aiohttp
 import pytest
 
 from tests.conftest import SYSTEM_PYTHON
+from tests.servers import serving, start_streamer
 from tests.test_browser import namespaces_work
-from tests.test_server import run_async, serving
+from tests.test_server import run_async
 from tests.webrtc_helpers import InvertingPipeline, new_pc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,17 +63,11 @@ def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, Path]]:
     if not namespaces_work():
         pytest.skip("cannot create a network namespace here (unshare -n needs root or user namespaces)")
     log = tmp_path / "server.log"
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(
-            ["unshare", "-n", "--", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\"", sys.executable, "-m",
-             "streamer", "serve", "--preset", "passthrough", "--port", str(PORT), "--ice-address", "127.0.0.1"],
-            stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT, start_new_session=True)
+    served = start_streamer(["serve", "--preset", "passthrough", "--port", str(PORT), "--ice-address", "127.0.0.1"],
+                            log, "serving on", timeout=60, cwd=ROOT,
+                            prefix=["unshare", "-n", "--", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
+    proc = served.process
     try:
-        deadline = time.monotonic() + 60
-        while "serving on" not in log.read_text():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
         yield proc, log
     finally:
         stop(proc)
@@ -208,7 +202,8 @@ def test_answer_takes_the_dtls_server_role_only_when_the_offer_leaves_the_choice
         offer = pc.localDescription.sdp
         await pc.close()
         assert "a=setup:actpass" in offer
-        async with serving(InvertingPipeline()) as (base, _app):
+        async with serving(InvertingPipeline()) as server:
+            base = server.url
             async with aiohttp.ClientSession() as http:
                 for offered, answered in (("actpass", "passive"), ("active", "passive"), ("passive", "active")):
                     async with http.post(f"{base}/whip", data=offer.replace("a=setup:actpass", f"a=setup:{offered}"),

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import select
-import signal
 import socket
 import subprocess
 import sys
@@ -21,45 +19,11 @@ import pytest
 from conftest import free_port
 from http_helpers import HOSTILE_JSON, call, exchange, json_post, one_line, request
 
+from tests.servers import Served, start_streamer
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVE_TOKEN = "serve-file-token.42"
 RUN_TOKEN = "run-env-token~7"
-
-
-# ---- subprocesses --------------------------------------------------------------------------------------
-
-def start_streamer(args: list[str], log: Path, ready: str, env: dict[str, str] | None = None,
-                   timeout: float = 120) -> tuple[subprocess.Popen, re.Match]:
-    with open(log, "wb") as err:
-        process = subprocess.Popen([sys.executable, "-m", "streamer", "-v", *args], stdout=subprocess.DEVNULL,
-                                   stderr=err, cwd=log.parent, start_new_session=True,
-                                   env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
-    deadline = time.monotonic() + timeout
-    while not (match := re.search(ready, log.read_text(errors="replace"))):
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop_streamer(process)
-            raise AssertionError(f"never ready: {log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.1)
-    return process, match
-
-
-def stop_streamer(process: subprocess.Popen) -> int:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-    return process.returncode
-
-
-class Served:
-    def __init__(self, process: subprocess.Popen, port: int, log: Path) -> None:
-        self.process, self.port, self.log = process, port, log
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +31,14 @@ def control(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """`streamer run` with a control port and no token."""
     folder = tmp_path_factory.mktemp("control")
     port = free_port()
-    process, _ = start_streamer(["run", "--source", "testsrc:96x64@10", "--sink", "out.mkv", "--preset",
-                                 "passthrough", "--control-port", str(port), "--duration", "300"],
-                                folder / "run.log", r"control on http://127\.0\.0\.1:\d+/params",
-                                env={"STREAMER_TOKEN": ""})
+    served = start_streamer(["run", "--source", "testsrc:96x64@10", "--sink", "out.mkv", "--preset",
+                             "passthrough", "--control-port", str(port), "--duration", "300"],
+                            folder / "run.log", r"control on (http://127\.0\.0\.1:\d+)/params",
+                            env={"STREAMER_TOKEN": ""})
     try:
-        yield Served(process, port, folder / "run.log")
+        yield served
     finally:
-        assert stop_streamer(process) == 128 + signal.SIGTERM  # a run stopped by a signal (README)
+        assert served.stop() == 128 + 15  # `run` stopped by SIGTERM exits 128+N (README)
 
 
 @pytest.fixture(scope="module")
@@ -82,13 +46,13 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """`streamer serve` with its token in a file."""
     folder = tmp_path_factory.mktemp("serve")
     (folder / "token").write_text(SERVE_TOKEN + "\n")
-    process, match = start_streamer(["serve", "--port", "0", "--preset", "passthrough", "--token-file",
-                                     str(folder / "token")], folder / "serve.log",
-                                    r"serving on http://127\.0\.0\.1:(\d+)/", env={"STREAMER_TOKEN": ""})
+    served = start_streamer(["serve", "--port", "0", "--preset", "passthrough", "--token-file",
+                             str(folder / "token")], folder / "serve.log",
+                            r"serving on (http://127\.0\.0\.1:\d+)/", env={"STREAMER_TOKEN": ""})
     try:
-        yield Served(process, int(match.group(1)), folder / "serve.log")
+        yield served
     finally:
-        assert stop_streamer(process) == 0
+        assert served.stop() == 0
 
 
 # ---- the control port ----------------------------------------------------------------------------------
@@ -116,7 +80,7 @@ def test_control_port_refuses_cross_site_and_rebinding_requests(control: Served)
     for host in (f"127.0.0.1:{port}", "localhost", f"localhost:{port}", f"[::1]:{port}", "127.0.0.1"):
         assert call(port, "GET", "/params", host=host)[0] == 200, host
     status, body = call(port, "POST", "/params", **json_post(b'{"strength": 0.7}', f"Origin: http://127.0.0.1:{port}"))
-    assert status == 200 and json.loads(body)["strength"] == 0.7
+    assert status == 200 and json.loads(body)["params"]["strength"] == 0.7
     status, _, body = exchange(port, request("GET", "/stats", port))
     assert status == 200 and json.loads(body)["frames_in"] >= 0
 
@@ -138,7 +102,7 @@ def test_control_port_charsets_and_hostile_header_bytes(control: Served) -> None
         assert status == 415 and "UTF-8" in one_line(body), (content_type, body)
     status, body = call(port, "POST", "/params", headers=("Content-Type: application/json; charset=UTF-8",),
                         body=b'{"seed": 5}')
-    assert status == 200 and json.loads(body)["seed"] == 5
+    assert status == 200 and json.loads(body)["params"]["seed"] == 5
     for headers, host in (((b"X-Thing: \xff\xfe",), None), ((), b"\xff"), ((b"Origin: http://\xff",), None),
                           ((b"Authorization: Bearer \xff",), None), ((b"Cookie: streamer_token=\xff",), None)):
         status, _, body = exchange(port, request("GET", "/params", port, host=host, headers=headers))
@@ -185,9 +149,10 @@ def test_control_port_holds_300_idle_connections_without_threads_or_tracebacks(c
 
 def test_control_port_token_from_the_environment(tmp_path: Path) -> None:
     port = free_port()
-    process, _ = start_streamer(["run", "--source", "testsrc:96x64@10", "--sink", "out.mkv", "--preset",
-                                 "passthrough", "--control-port", str(port), "--duration", "300"],
-                                tmp_path / "run.log", r"control on http://", env={"STREAMER_TOKEN": RUN_TOKEN})
+    served = start_streamer(["run", "--source", "testsrc:96x64@10", "--sink", "out.mkv", "--preset",
+                             "passthrough", "--control-port", str(port), "--duration", "300"],
+                            tmp_path / "run.log", r"control on http://", env={"STREAMER_TOKEN": RUN_TOKEN})
+    process = served.process
     try:
         for headers in ((), ("Authorization: Bearer wrong",), (f"Authorization: {RUN_TOKEN}",),
                         (f"Authorization: Basic {RUN_TOKEN}",)):
@@ -197,10 +162,10 @@ def test_control_port_token_from_the_environment(tmp_path: Path) -> None:
             assert call(port, "GET", "/params", headers=(f"Authorization: {scheme} {RUN_TOKEN}",))[0] == 200
         status, body = call(port, "POST", "/params",
                             **json_post(b'{"strength": 0.3}', f"Authorization: bearer {RUN_TOKEN}"))
-        assert status == 200 and json.loads(body)["strength"] == 0.3
+        assert status == 200 and json.loads(body)["params"]["strength"] == 0.3
         call(port, "GET", f"/params?token={RUN_TOKEN}")
     finally:
-        assert stop_streamer(process) == 128 + signal.SIGTERM
+        assert served.stop() == 128 + 15
     log = (tmp_path / "run.log").read_text(errors="replace")
     assert "GET /params?token=[redacted]" in log  # the access log is on (-v) ...
     assert RUN_TOKEN not in log  # ... and never shows the token

@@ -6,33 +6,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from contextlib import asynccontextmanager
 
 import pytest
 from http_helpers import call, one_line
 
 from pipelines.passthrough import PassthroughPipeline
-from streamer.control import LiveParams
+from streamer.control import ParamsController
 from streamer.control_http import ControlServer
-from streamer.server.app import ServerOptions, create_app
 from streamer.server.auth import Access
 from streamer.server.bodies import loads_object
-from streamer.server.listen import start_http
 from streamer.worker import GpuWorker
+from tests.servers import serving
 from tests.webrtc_helpers import InvertingPipeline, loopback_ice, open_browser_like
-
-
-@asynccontextmanager
-async def serving(**options):
-    worker = GpuWorker(InvertingPipeline())
-    options = ServerOptions(port=0, **options)
-    runner, port = await start_http(create_app(options, worker), "127.0.0.1", 0, read_timeout=options.read_timeout,
-                                    max_connections=options.max_connections)
-    try:
-        yield port
-    finally:
-        await asyncio.wait_for(runner.cleanup(), 15)
-        await asyncio.to_thread(worker.close, 10)
 
 
 async def dropped_after(port: int, first: bytes, trickle: bytes, limit: float) -> tuple[float, bytes]:
@@ -60,7 +45,8 @@ async def dropped_after(port: int, first: bytes, trickle: bytes, limit: float) -
 
 def test_slow_headers_and_slow_bodies_are_dropped() -> None:
     async def scenario() -> None:
-        async with serving(read_timeout=1.5) as port:
+        async with serving(InvertingPipeline(), read_timeout=1.5) as server:
+            port = server.port
             # A slowloris: one header byte every 0.2 s, forever.
             took, data = await dropped_after(port, b"GET /config HTTP/1.1\r\n", b"X-Slow: " + b"a" * 1000, 8)
             print(f"slow headers dropped after {took:.1f} s")
@@ -81,7 +67,8 @@ def test_slow_headers_and_slow_bodies_are_dropped() -> None:
 
 def test_connection_cap_answers_503_and_frees_up() -> None:
     async def scenario() -> None:
-        async with serving(max_connections=5, read_timeout=30) as port:
+        async with serving(InvertingPipeline(), max_connections=5, read_timeout=30) as server:
+            port = server.port
             held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
             await asyncio.sleep(0.2)
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -99,7 +86,7 @@ def test_connection_cap_answers_503_and_frees_up() -> None:
 
 def test_control_server_drops_slow_headers() -> None:
     worker = GpuWorker(PassthroughPipeline())
-    params = LiveParams(worker, ["default"], {"strength": 0.5})
+    params = ParamsController(worker, ["default"], {"strength": 0.5})
     try:
         with ControlServer(params, 0, read_timeout=1.0) as server:
             took, data = asyncio.run(dropped_after(server.port, b"GET /params HTTP/1.1\r\n", b"X: " + b"a" * 500, 8))
@@ -111,7 +98,8 @@ def test_control_server_drops_slow_headers() -> None:
 
 def test_data_channel_messages_go_through_the_safe_reader() -> None:
     async def scenario() -> None:
-        async with serving() as port:
+        async with serving(InvertingPipeline()) as server:
+            port = server.port
             peer = await open_browser_like(f"http://127.0.0.1:{port}", width=96, height=64)
             try:
                 await peer.wait_frames(2)
@@ -142,7 +130,8 @@ def test_safe_json_reader_limits() -> None:
 
 def test_allow_host_adds_a_name_and_a_wildcard_bind_takes_addresses_only() -> None:
     async def scenario() -> None:
-        async with serving(allow_hosts=["Studio.Local"]) as port:
+        async with serving(InvertingPipeline(), allow_hosts=["Studio.Local"]) as server:
+            port = server.port
             for host, status in (("studio.local", 200), (f"STUDIO.local:{port}", 200), ("gpu-box", 421),
                                  ("studio.local.attacker.example", 421), ("192.168.1.5", 421)):
                 assert (await asyncio.to_thread(call, port, "GET", "/config", host=host))[0] == status, host

@@ -23,11 +23,12 @@ import torch
 from conftest import free_port
 from test_pipeline import gradient
 from test_run_cli import start, stop, streamer
-from test_server import run_async, serving
+from test_server import run_async
 
 from pipelines.config import LiveParams
 from pipelines.errors import PipelineError
 from pipelines.presets import build_config, load_pipeline, read_yaml
+from tests.servers import serving
 from tests.webrtc_helpers import open_browser_like
 
 # A change no LCM schedule can run: at strength 0.1 the tiny model's 50-step schedule keeps 5 steps.
@@ -287,7 +288,8 @@ def test_serve_refuses_a_bad_change_whole_and_takes_the_next() -> None:
     pipeline = load_pipeline("tiny", device="cpu")
 
     async def scenario() -> None:
-        async with serving(pipeline) as (base, _):
+        async with serving(pipeline) as server:
+            base = server.url
             peer = await open_browser_like(base, width=128, height=96, fps=10)
             try:
                 await peer.wait_frames(2, timeout=60)
@@ -295,10 +297,10 @@ def test_serve_refuses_a_bad_change_whole_and_takes_the_next() -> None:
                 initial = (state.strength, state.num_inference_steps, state.seed, state.guidance_scale)
                 url = f"{base}/sessions/{peer.session_id}/params"
                 async with aiohttp.ClientSession() as http:
-                    async def post(body: str) -> tuple[int, str]:
+                    async def post(body: str) -> tuple[int, Any]:
                         async with http.post(url, data=body, headers={"Content-Type": "application/json"},
                                              timeout=aiohttp.ClientTimeout(total=30)) as response:
-                            return response.status, await response.text()
+                            return response.status, await response.json()  # {"ok": false, "error": ...}
 
                     status, text = await post(json.dumps(NO_SCHEDULE))
                     assert status == 400, text

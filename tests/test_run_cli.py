@@ -15,7 +15,6 @@ from pathlib import Path
 
 import av
 import pytest
-from conftest import free_port
 
 from streamer.sources.testsrc import read_marks
 
@@ -110,46 +109,6 @@ def test_signal_stops_cleanly_and_the_file_plays(tmp_path: Path, sig: int) -> No
     indices = file_indices(out)  # an MP4 only plays when its index was written at close
     assert len(indices) >= 20 and None not in indices
     assert sorted(p.name for p in tmp_path.iterdir()) == ["live.mp4"]  # no partial file left
-
-
-def test_http_control_while_running(tmp_path: Path) -> None:
-    port = free_port()
-    process = start("--source", "testsrc:160x96@30", "--sink", "out.mkv", "--preset", "passthrough",
-                    "--control-port", str(port), "--duration", "120", cwd=tmp_path)
-    try:
-        url = f"http://127.0.0.1:{port}/params"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                status, params = http("GET", url)
-                break
-            except urllib.error.URLError:
-                assert process.poll() is None and time.monotonic() < deadline, "control endpoint never came up"
-                time.sleep(0.2)
-        assert status == 200 and params["smoothing"] is True
-        status, applied = http("POST", url, {"prompt": "a watercolor", "strength": 0.6, "seed": 3,
-                                             "smoothing": False})
-        assert status == 200
-        assert (applied["prompt"], applied["strength"], applied["seed"], applied["smoothing"]) == \
-            ("a watercolor", 0.6, 3, False)
-        status, error = http("POST", url, {"strength": -1})
-        assert status == 400 and "strength" in error["error"]
-        assert http("GET", url)[1]["strength"] == 0.6
-        status, stats = http("GET", f"http://127.0.0.1:{port}/stats")
-        assert status == 200 and stats["frames_in"] > 0
-    finally:
-        code, err = stop(process, signal.SIGTERM)
-    assert code == 143, err
-
-
-def test_stdin_control_lines(tmp_path: Path) -> None:
-    result = streamer("--source", "testsrc:160x96@30", "--sink", "out.mkv", "--preset", "passthrough",
-                      "--duration", "2", "--control-stdin", cwd=tmp_path,
-                      stdin="strength 0.6\nseed x\nsmoothing off\n")
-    assert result.returncode == 0, result.stderr
-    assert "ok: strength=0.6" in result.stderr
-    assert "error: seed must be" in result.stderr
-    assert "ok: smoothing=False" in result.stderr
 
 
 def test_setup_file_with_flags_overriding(tmp_path: Path) -> None:

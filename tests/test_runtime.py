@@ -3,11 +3,8 @@ files read back with PyAV, sinks that read the marks TestSource writes into the 
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-import urllib.error
-import urllib.request
 from fractions import Fraction
 from pathlib import Path
 
@@ -15,14 +12,7 @@ import av
 import numpy as np
 import pytest
 
-from pipelines.config import LiveParams
 from pipelines.passthrough import PassthroughPipeline
-from streamer.control import (
-    ParamsController,
-    TerminalControl,
-    parse_command,
-)
-from streamer.control_http import ControlServer
 from streamer.frames import Frame
 from streamer.runtime import BoundedSlot, Runtime
 from streamer.sinks.av_sink import AvSink
@@ -273,124 +263,6 @@ def test_bounded_slot_replaces_or_blocks() -> None:
     assert done.wait(2)
     lossless.close()
     assert lossless.get(1) == 2 and lossless.get(1) is None
-
-
-# --- stats ---------------------------------------------------------------------------------------------
-
-def test_stats_json_and_prometheus(tmp_path: Path) -> None:
-    stats = RunStats()
-    for _ in range(5):
-        stats.captured()
-    stats.dropped_at_capture(2)
-    stats.processed(0.001, 0.02)
-    stats.batch(2, 0.015)
-    stats.sink_written("out.mp4", 0.003, 0.040)
-    stats.sink_dropped("out.mp4")
-    stats.write_json(tmp_path / "s.json")
-    snap = json.loads((tmp_path / "s.json").read_text())
-    assert snap["frames_in"] == 5 and snap["frames_out"] == 1
-    assert snap["dropped"] == 3 and snap["dropped_at"] == {"capture": 2, "out.mp4": 1}
-    assert snap["latency_ms"]["p50"] == pytest.approx(40.0)
-    text = stats.prometheus()
-    assert 'streamer_dropped_frames_total{where="capture"} 2' in text
-    assert 'streamer_batches_total{size="2"} 1' in text
-    assert "# TYPE streamer_latency_ms gauge" in text
-    assert "dropped 3" in stats.status_line()
-
-
-# --- live control --------------------------------------------------------------------------------------
-
-def test_live_params_name_the_bad_value() -> None:
-    assert LiveParams.parse({"strength": "0.6", "seed": 3, "smoothing": "off"}).changes() == {
-        "strength": 0.6, "seed": 3, "smoothing": {"enabled": False}}
-    for bad, word in [({"strength": 1.5}, "strength"), ({"strength": True}, "strength"),
-                      ({"seed": -1}, "seed"), ({"seed": 2.5}, "seed"), ({"prompt": 3}, "prompt"),
-                      ({"smoothing": "maybe"}, "smoothing"), ({"smoothing": {"input_blend": 2}}, "input_blend"),
-                      ({"colour": "red"}, "colour")]:
-        with pytest.raises(ValueError, match=word):
-            LiveParams.parse(bad)
-    assert parse_command("prompt a watercolor") == ("set", {"prompt": "a watercolor"})
-    assert parse_command("steps 2") == ("set", {"num_inference_steps": 2})
-    with pytest.raises(ValueError, match="unknown command"):
-        parse_command("brightness 3")
-
-
-def _http(method: str, url: str, body: dict | None = None) -> tuple[int, dict | str]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            raw, status, kind = response.read().decode(), response.status, response.headers["Content-Type"]
-    except urllib.error.HTTPError as exc:
-        raw, status, kind = exc.read().decode(), exc.code, exc.headers["Content-Type"]
-    return status, json.loads(raw) if kind.startswith("application/json") else raw
-
-
-def test_http_control_reaches_the_pipeline_while_running(tmp_path: Path) -> None:
-    pipeline = PassthroughPipeline()
-    worker = GpuWorker(pipeline)
-    stats = RunStats()
-    params = ParamsController(worker, ["default"], {"prompt": "start", "strength": 0.5, "seed": 0, "smoothing": True})
-    runtime = Runtime(TestSource(160, 96, 30.0), [MarkReadingSink()], worker, stats=stats, duration=20)
-    thread = threading.Thread(target=runtime.run, daemon=True)
-    try:
-        with ControlServer(params, 0, stats=stats) as server:
-            thread.start()
-            status, body = _http("POST", f"{server.url}/params",
-                                 {"prompt": "a watercolor", "strength": 0.6, "seed": 3, "smoothing": False})
-            assert status == 200
-            assert body == {"prompt": "a watercolor", "strength": 0.6, "seed": 3, "smoothing": False}
-            assert pipeline.params["default"] == {"prompt": "a watercolor", "strength": 0.6, "seed": 3,
-                                                  "smoothing": {"enabled": False}}
-            status, body = _http("POST", f"{server.url}/params", {"strength": 7})
-            assert status == 400 and "strength" in body["error"]
-            assert pipeline.params["default"]["strength"] == 0.6  # a rejected change changes nothing
-            assert _http("GET", f"{server.url}/params")[1]["prompt"] == "a watercolor"
-            time.sleep(0.5)
-            status, snap = _http("GET", f"{server.url}/stats")
-            assert status == 200 and snap["frames_in"] > 0
-            status, text = _http("GET", f"{server.url}/metrics")
-            assert status == 200 and "streamer_frames_in_total" in text
-            assert _http("GET", f"{server.url}/nothing")[0] == 404
-    finally:
-        runtime.stop()
-        thread.join(10)
-        worker.close()
-    assert not thread.is_alive()
-
-
-def test_terminal_control_lines(passthrough_worker: GpuWorker) -> None:
-    params = ParamsController(passthrough_worker, ["default"], {"strength": 0.5})
-    control = TerminalControl(params, reply=lambda text: None)
-    assert control.handle("strength 0.6") == "ok: strength=0.6"
-    assert control.handle("seed x").startswith("error: seed")
-    assert control.handle("") is None
-    assert passthrough_worker.pipeline.params["default"] == {"strength": 0.6}
-
-
-def test_reading_params_does_not_wait_for_a_change_in_progress() -> None:
-    """GET /params and the terminal's ``params`` read while the worker is still applying a change."""
-    from concurrent.futures import Future
-
-    release = threading.Event()
-
-    class SlowWorker:
-        def update(self, stream_id: str, **params: object) -> Future:
-            future: Future = Future()
-            threading.Thread(target=lambda: (release.wait(10), future.set_result(None)), daemon=True).start()
-            return future
-
-    params = ParamsController(SlowWorker(), ["default"], {"strength": 0.5})
-    changing = threading.Thread(target=params.apply, args=({"strength": 0.7},))
-    changing.start()
-    time.sleep(0.2)  # the change now waits on the worker
-    started = time.monotonic()
-    assert params.current == {"strength": 0.5}  # the old state, at once
-    assert time.monotonic() - started < 2.0  # not held until the worker is done (10 s here)
-    release.set()
-    changing.join(10)
-    assert params.current == {"strength": 0.7}
 
 
 @pytest.mark.slow

@@ -5,24 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import numpy as np
 import pytest
-from aiohttp import web
 
-from streamer.server.app import ServerOptions, create_app
-from streamer.server.metrics import ServerMetrics
-from streamer.worker import GpuWorker
+from streamer.prometheus import exposition
+from streamer.stats import RunStats
+from tests.servers import ROOT, serving, start_streamer
 from tests.webrtc_helpers import (
     BRIGHT,
     DARK,
@@ -35,7 +32,6 @@ from tests.webrtc_helpers import (
     whip_publish,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -46,24 +42,6 @@ def run_async(scenario: Callable[[], Awaitable[None]], timeout: float = 60.0) ->
 
     with loopback_ice():
         asyncio.run(bounded())
-
-
-@asynccontextmanager
-async def serving(pipeline: InvertingPipeline, **options) -> AsyncIterator[tuple[str, web.Application]]:
-    """The real app on a real 127.0.0.1 port; the worker and every peer connection closed afterwards."""
-    metrics = ServerMetrics()
-    worker = GpuWorker(pipeline, on_batch=metrics.observe_batch)
-    app = create_app(ServerOptions(port=0, **options), worker, metrics)
-    runner = web.AppRunner(app, shutdown_timeout=2.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}", app
-    finally:
-        await asyncio.wait_for(runner.cleanup(), 15)
-        await asyncio.to_thread(worker.close, 10)
 
 
 def is_inverted(frame) -> bool:
@@ -106,7 +84,8 @@ def test_offer_stylizes_keeps_timestamps_and_takes_live_params() -> None:
     pipeline = InvertingPipeline()
 
     async def scenario() -> None:
-        async with serving(pipeline) as (base, _):
+        async with serving(pipeline) as server:
+            base = server.url
             peer = await open_browser_like(base)
             try:
                 await peer.wait_frames(10)
@@ -131,7 +110,8 @@ def test_offer_stylizes_keeps_timestamps_and_takes_live_params() -> None:
                 peer.channel.send(json.dumps({"type": "params", "strength": 0.5}))
                 await peer.wait_until(lambda f: abs(f.left[0] - 128) < 25 and abs(f.right[0] - 128) < 25, 5)
                 replies = [json.loads(m) for m in peer.messages]
-                assert {"type": "params", "ok": True, "params": {"strength": 0.5}} in replies
+                assert {"type": "params", "ok": True, "params": {"prompt": "a red painting", "strength": 0.5}} \
+                    in replies  # every current parameter, as POST answers (and `run --control-port`)
                 peer.channel.send(json.dumps({"type": "params", "seed": "x"}))
                 for _ in range(50):
                     if any(json.loads(m).get("ok") is False for m in peer.messages):
@@ -155,7 +135,8 @@ def test_offer_stylizes_keeps_timestamps_and_takes_live_params() -> None:
 
 def test_whip_publish_whep_play_and_delete() -> None:
     async def scenario() -> None:
-        async with serving(InvertingPipeline()) as (base, _):
+        async with serving(InvertingPipeline()) as server:
+            base = server.url
             publisher = await whip_publish(base, width=160, height=120)
             viewer = None
             try:
@@ -185,7 +166,8 @@ def test_whip_publish_whep_play_and_delete() -> None:
 
 def test_token_limits_and_bad_requests() -> None:
     async def scenario() -> None:
-        async with serving(InvertingPipeline(), token=TOKEN, max_sessions=1, max_body=64 * 1024) as (base, _):
+        async with serving(InvertingPipeline(), token=TOKEN, max_sessions=1, max_body=64 * 1024) as server:
+            base = server.url
             async with aiohttp.ClientSession() as http:
                 # The page itself is public; it sends the token it got from ?token=.
                 async with http.get(f"{base}/?token=x") as response:
@@ -236,7 +218,8 @@ def test_vanished_client_is_cleaned_up_within_seconds() -> None:
     """A peer killed mid-stream (no goodbye): its session closes after the idle timeout."""
 
     async def scenario() -> None:
-        async with serving(InvertingPipeline(), idle_timeout=1.5) as (base, _):
+        async with serving(InvertingPipeline(), idle_timeout=1.5) as server:
+            base = server.url
             client = await asyncio.create_subprocess_exec(
                 sys.executable, str(ROOT / "tests" / "webrtc_helpers.py"), "client", base,
                 stdout=asyncio.subprocess.PIPE, cwd=ROOT, start_new_session=True)
@@ -263,7 +246,8 @@ def test_vanished_client_is_cleaned_up_within_seconds() -> None:
 async def eight_sessions(pipeline, timeout: float, while_open=None) -> dict[str, str]:
     """8 browser-like peers at once; every one must receive frames. ``while_open()`` runs before they
     hang up. Returns the /metrics values."""
-    async with serving(pipeline, max_sessions=8) as (base, _):
+    async with serving(pipeline, max_sessions=8) as server:
+        base = server.url
         peers: list[Peer] = []
         try:
             for _ in range(8):
@@ -333,18 +317,11 @@ def test_serve_refuses_a_public_address_without_token() -> None:
 @pytest.mark.slow
 def test_serve_command_with_tiny_model(tmp_path: Path) -> None:
     """The real command: tiny preset, token, HTTPS off; frames come back changed; SIGTERM stops it cleanly."""
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as err:
-        server = subprocess.Popen(
-            streamer("--port", "0", "--token", TOKEN, "--preset", "tiny", "--strength", "0.4", "--ice-address", "127.0.0.1"),
-            stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT, start_new_session=True)
+    served = start_streamer(["serve", "--port", "0", "--token", TOKEN, "--preset", "tiny", "--strength", "0.4",
+                             "--ice-address", "127.0.0.1"], tmp_path / "serve.log",
+                            r"serving on (http://127\.0\.0\.1:\d+)/")
+    log, base = served.log, served.url
     try:
-        deadline = time.monotonic() + 60
-        while not (match := re.search(r"serving on (http://127\.0\.0\.1:\d+)/", log.read_text())):
-            assert server.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        base = match.group(1)
 
         async def scenario() -> None:
             async with aiohttp.ClientSession() as http:
@@ -362,18 +339,14 @@ def test_serve_command_with_tiny_model(tmp_path: Path) -> None:
                 await peer.close()
 
         run_async(scenario)
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=20) == 0, log.read_text()
+        assert served.stop() == 0, log.read_text()
         assert "shutting down" in log.read_text()
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
+        served.stop(signal.SIGKILL)
 
 
 def test_watch_relays_one_stylized_source_to_many_viewers() -> None:
     """--source: stylized once on the worker, relayed to every viewer of /whep?stream=source (/watch)."""
-    from streamer.server.sessions import SourceFeed
     from streamer.sources import open_source
 
     pipeline = InvertingPipeline()
@@ -381,32 +354,24 @@ def test_watch_relays_one_stylized_source_to_many_viewers() -> None:
     async def scenario() -> None:
         source = open_source("testsrc:160x120@15")
         source.open()
-        feed = SourceFeed(source, asyncio.get_running_loop())
-        metrics = ServerMetrics()
-        worker = GpuWorker(pipeline, on_batch=metrics.observe_batch)
-        runner = web.AppRunner(create_app(ServerOptions(port=0), worker, metrics, feed), shutdown_timeout=2.0)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
         viewers: list[Peer] = []
-        try:
-            async with aiohttp.ClientSession() as http:
-                async with http.get(f"{base}/watch") as response:
-                    assert response.status == 200 and "/whep" in await response.text()
-            assert (await get_json(f"{base}/config"))["streams"] == ["source"]
-            viewers = [await whep_play(base, stream="source") for _ in range(3)]
-            await asyncio.gather(*(v.wait_frames(10, timeout=20) for v in viewers))
-            model_frames = sum(pipeline.batch_sizes)
-            per_viewer = max(len(v.frames) for v in viewers)
-            assert model_frames < 1.5 * per_viewer + 10, (model_frames, per_viewer)
-            with pytest.raises(RuntimeError, match="404"):
-                await whep_play(base, stream="nope")
-        finally:
-            await asyncio.gather(*(v.close() for v in viewers))
-            await asyncio.wait_for(runner.cleanup(), 15)
-            await asyncio.to_thread(worker.close, 10)
-        assert not feed._thread.is_alive()
+        async with serving(pipeline, source=source) as server:
+            base = server.url
+            try:
+                async with aiohttp.ClientSession() as http:
+                    async with http.get(f"{base}/watch") as response:
+                        assert response.status == 200 and "/whep" in await response.text()
+                assert (await get_json(f"{base}/config"))["streams"] == ["source"]
+                viewers = [await whep_play(base, stream="source") for _ in range(3)]
+                await asyncio.gather(*(v.wait_frames(10, timeout=20) for v in viewers))
+                model_frames = sum(pipeline.batch_sizes)
+                per_viewer = max(len(v.frames) for v in viewers)
+                assert model_frames < 1.5 * per_viewer + 10, (model_frames, per_viewer)
+                with pytest.raises(RuntimeError, match="404"):
+                    await whep_play(base, stream="nope")
+            finally:
+                await asyncio.gather(*(v.close() for v in viewers))
+        assert not server.feed._thread.is_alive()
 
     run_async(scenario)
 
@@ -421,19 +386,11 @@ def test_serve_over_https_with_a_certificate(tmp_path: Path) -> None:
                     "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out",
                     str(cert)], check=True, capture_output=True,
                    timeout=60)
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as err:
-        server = subprocess.Popen(
-            streamer("--port", "0", "--token", TOKEN, "--preset", "passthrough", "--cert", str(cert), "--key",
-                     str(key), "--ice-address", "127.0.0.1"),
-            stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT, start_new_session=True)
+    served = start_streamer(["serve", "--port", "0", "--token", TOKEN, "--preset", "passthrough", "--cert",
+                             str(cert), "--key", str(key), "--ice-address", "127.0.0.1"], tmp_path / "serve.log",
+                            r"serving on (https://127\.0\.0\.1:\d+)/")
+    base = served.url
     try:
-        deadline = time.monotonic() + 60
-        while not (match := re.search(r"serving on (https://127\.0\.0\.1:\d+)/", log.read_text())):
-            assert server.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        base = match.group(1)
         context = ssl.create_default_context(cafile=str(cert))  # trusts exactly this certificate
 
         async def scenario() -> None:
@@ -446,13 +403,10 @@ def test_serve_over_https_with_a_certificate(tmp_path: Path) -> None:
                     assert response.status == 200
 
         run_async(scenario)
-        server.send_signal(signal.SIGHUP)  # the terminal closed: a clean stop, like SIGINT and SIGTERM
-        assert server.wait(timeout=20) == 0, log.read_text()
-        assert "shutting down" in log.read_text()
+        assert served.stop(signal.SIGHUP) == 0, served.text()  # the terminal closed: a clean stop
+        assert "shutting down" in served.text()
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
+        served.stop(signal.SIGKILL)
 
 
 def test_dropped_frames_are_counted_as_they_drop_and_stay_counted():
@@ -464,7 +418,7 @@ def test_dropped_frames_are_counted_as_they_drop_and_stay_counted():
     from streamer.server.sessions import Session, SessionManager, SourceFeed
 
     async def scenario() -> None:
-        metrics = ServerMetrics()
+        metrics = RunStats()
         manager = SessionManager(None, metrics, ice=RTCConfiguration())  # type: ignore[arg-type]
         feed = SourceFeed(None, asyncio.get_running_loop())
         manager.add_source(feed)
@@ -478,7 +432,7 @@ def test_dropped_frames_are_counted_as_they_drop_and_stay_counted():
             feed.slot.put(f"frame {i}", 0.0)
         assert manager.broadcasts["source"].track.stats.dropped == 3
         await manager.close(viewer.id)
-        assert "streamer_frames_dropped_total 3\n" in metrics.render(manager.counts(), {})
+        assert 'streamer_frames_dropped_total{where="capture"} 3\n' in exposition(metrics, manager.counts())
 
     asyncio.run(scenario())
 
@@ -488,7 +442,8 @@ def test_the_page_gets_turn_credentials_and_stun_urls_alone():
 
     async def scenario() -> None:
         async with serving(InvertingPipeline(), ice_servers=["stun:127.0.0.1:3478", "turn:127.0.0.1:3478"],
-                           ice_username="u", ice_credential="p") as (base, _):
+                           ice_username="u", ice_credential="p") as server:
+            base = server.url
             config = await get_json(f"{base}/config")
         assert config["iceServers"] == [{"urls": "stun:127.0.0.1:3478"},
                                         {"urls": "turn:127.0.0.1:3478", "username": "u", "credential": "p"}]

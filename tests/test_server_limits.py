@@ -13,7 +13,8 @@ import time
 import aiohttp
 import pytest
 
-from tests.test_server import ROOT, get_json, is_inverted, run_async, serving, streamer, wait_sessions
+from tests.servers import ROOT, serving
+from tests.test_server import get_json, is_inverted, run_async, streamer, wait_sessions
 from tests.webrtc_helpers import InvertingPipeline, Peer, new_pc, open_browser_like, whep_play, whip_publish
 
 ACCEPTED = "accepted VP8, H.264 Baseline packetization-mode=1, H.264 Constrained Baseline packetization-mode=1"
@@ -59,7 +60,8 @@ def test_offers_that_never_connect_free_their_slots() -> None:
     closed and a real viewer gets its answer (before: 503 for the life of the process)."""
 
     async def scenario() -> None:
-        async with serving(InvertingPipeline(), max_viewers=8, connect_timeout=3.0) as (base, _):
+        async with serving(InvertingPipeline(), max_viewers=8, connect_timeout=3.0) as server:
+            base = server.url
             publisher = await whip_publish(base, width=160, height=120)
             viewer: Peer | None = None
             try:
@@ -90,7 +92,8 @@ def test_killed_viewer_is_freed_within_seconds() -> None:
     checks, about --idle-timeout (10 s) later; aioice's own expiry took about 35 s."""
 
     async def scenario() -> None:
-        async with serving(InvertingPipeline()) as (base, _):
+        async with serving(InvertingPipeline()) as server:
+            base = server.url
             publisher = await whip_publish(base, width=160, height=120)
             viewer = await asyncio.create_subprocess_exec(
                 sys.executable, str(ROOT / "tests" / "webrtc_helpers.py"), "viewer", base,
@@ -115,7 +118,8 @@ def test_broken_and_oversized_offers_get_400_naming_the_problem() -> None:
     wrong, no session left behind, and a viewer already playing keeps receiving frames throughout."""
 
     async def scenario() -> None:
-        async with serving(InvertingPipeline()) as (base, _):
+        async with serving(InvertingPipeline()) as server:
+            base = server.url
             publisher = await whip_publish(base, width=160, height=120)
             viewer = await whep_play(base)
             try:
@@ -182,15 +186,16 @@ def test_whip_frames_with_no_viewer_are_received_not_dropped() -> None:
     """/metrics counts the frames publishers send; with nobody watching none of them is "dropped"."""
 
     async def scenario() -> None:
-        async with serving(InvertingPipeline()) as (base, _):
+        async with serving(InvertingPipeline()) as server:
+            base = server.url
             publisher = await whip_publish(base, width=160, height=120)
             try:
                 start = time.monotonic()
                 while (received := await metric(base, "streamer_frames_received_total")) < 30:
                     assert time.monotonic() - start < 20, f"only {received:.0f} frames received"
                     await asyncio.sleep(0.2)
-                assert await metric(base, "streamer_frames_dropped_total") == 0
-                assert await metric(base, "streamer_frames_total") == 0  # nothing stylized for nobody
+                assert await metric(base, 'streamer_frames_dropped_total{where="capture"}') == 0
+                assert await metric(base, "streamer_frames_out_total") == 0  # nothing stylized for nobody
                 session = (await get_json(f"{base}/sessions"))["sessions"][0]
                 assert session["received"] >= 30 and session["dropped"] == 0, session
             finally:
@@ -203,7 +208,8 @@ def test_browser_session_counts_received_frames() -> None:
     """A browser's camera frames are publisher frames too."""
 
     async def scenario() -> None:
-        async with serving(InvertingPipeline()) as (base, _):
+        async with serving(InvertingPipeline()) as server:
+            base = server.url
             peer = await open_browser_like(base, width=96, height=64, channel=False)
             try:
                 await peer.wait_frames(5)

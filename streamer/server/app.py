@@ -14,11 +14,12 @@ from typing import Any
 from aiohttp import web
 
 from pipelines.frames import FramePipeline
+from streamer.control import ChangeFailed
+from streamer.control_http import metrics_response, params_reply, refusal
 from streamer.server import whip
 from streamer.server.auth import PUBLIC_PATHS, PUBLIC_PREFIXES, Access, allowed_host_names, check_bind
 from streamer.server.bodies import READ_TIMEOUT, read_json
 from streamer.server.listen import start_http
-from streamer.server.metrics import ServerMetrics
 from streamer.server.sessions import (
     CapacityError,
     NotFoundError,
@@ -28,6 +29,7 @@ from streamer.server.sessions import (
     ice_configuration,
     restrict_host_candidates,
 )
+from streamer.stats import RunStats
 from streamer.stop_signals import STOP_SIGNALS
 from streamer.worker import GpuWorker
 
@@ -93,21 +95,25 @@ async def errors_middleware(request: web.Request,
         return await handler(request)
     except CapacityError as exc:
         raise web.HTTPServiceUnavailable(text=f"{exc}\n", headers={"Retry-After": "10"}) from None
+    except ChangeFailed as exc:  # the pipeline failed on a valid change: not the client's fault
+        raise web.HTTPServiceUnavailable(text=f"{exc}\n") from None
     except NotFoundError as exc:
         raise web.HTTPNotFound(text=f"{exc.args[0]}\n") from None
     except (OfferError, ValueError) as exc:
         raise web.HTTPBadRequest(text=f"{exc}\n") from None
 
 
-def create_app(options: ServerOptions, worker: GpuWorker, metrics: ServerMetrics | None = None,
+def create_app(options: ServerOptions, worker: GpuWorker, metrics: RunStats | None = None,
                source_feed: SourceFeed | None = None) -> web.Application:
-    metrics = metrics or ServerMetrics()
+    """The app; ``metrics`` is the RunStats the worker's on_batch also reports to (one per server)."""
+    metrics = metrics or RunStats()
     ice = ice_configuration(options.ice_servers, options.ice_username, options.ice_credential)
     manager = SessionManager(worker, metrics, ice=ice, max_sessions=options.max_sessions,
                              max_viewers=options.max_viewers, idle_timeout=options.idle_timeout,
-                             connect_timeout=options.connect_timeout)
+                             connect_timeout=options.connect_timeout, defaults=options.defaults)
     if source_feed is not None:
         manager.add_source(source_feed)
+        metrics.watch_source(source_feed.source)  # its reconnects and its reader's drops
     access = Access(token=options.token, bound_host=options.host,
                     allow_hosts=allowed_host_names(options.allow_hosts), public_paths=PUBLIC_PATHS,
                     public_prefixes=PUBLIC_PREFIXES)
@@ -133,9 +139,12 @@ def create_app(options: ServerOptions, worker: GpuWorker, metrics: ServerMetrics
         return web.json_response({"sdp": answer, "type": "answer", "session_id": session.id})
 
     async def set_params(request: web.Request) -> web.Response:
-        data = await read_json(request)
-        applied = await manager.apply_params(request.match_info["id"], data)
-        return web.json_response({"ok": True, "params": applied})
+        try:
+            session = manager.get(request.match_info["id"], kinds=("browser", "whip"))
+        except NotFoundError as exc:
+            return refusal(404, str(exc))
+        assert session.params is not None
+        return await params_reply(request, session.params)  # the same answers as `run --control-port`
 
     async def sessions(request: web.Request) -> web.Response:
         return web.json_response({
@@ -151,9 +160,7 @@ def create_app(options: ServerOptions, worker: GpuWorker, metrics: ServerMetrics
         return web.Response(status=200)
 
     async def prometheus(request: web.Request) -> web.Response:
-        text = metrics.render(manager.counts(), manager.stream_stats())
-        return web.Response(text=text, content_type="text/plain", charset="utf-8",
-                            headers={"X-Content-Type-Options": "nosniff"})
+        return metrics_response(metrics, manager.counts())
 
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
@@ -201,15 +208,15 @@ def run_server(options: ServerOptions, pipeline: FramePipeline, source: Any = No
     context = ssl_context(options)
     if options.ice_addresses:
         restrict_host_candidates(options.ice_addresses)
-    metrics = ServerMetrics()
-    worker = GpuWorker(pipeline, max_batch=options.max_batch, on_batch=metrics.observe_batch)
+    metrics = RunStats()
+    worker = GpuWorker(pipeline, max_batch=options.max_batch, on_batch=metrics.batch)
     try:
         return asyncio.run(_serve(options, worker, metrics, context, source))
     finally:
         worker.close(timeout=SHUTDOWN_TIMEOUT)
 
 
-async def _serve(options: ServerOptions, worker: GpuWorker, metrics: ServerMetrics,
+async def _serve(options: ServerOptions, worker: GpuWorker, metrics: RunStats,
                  context: ssl.SSLContext | None, source: Any) -> int:
     loop = asyncio.get_running_loop()
     feed = SourceFeed(source, loop) if source is not None else None

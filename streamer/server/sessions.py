@@ -12,6 +12,7 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,23 +21,22 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from pipelines.config import LiveParams
-from pipelines.frames import LIVE_PARAMS
+from streamer.control import ParamsController
 from streamer.server.bodies import loads_object
 from streamer.server.dtls import dtls_failed, prefer_passive_dtls
 from streamer.server.ice import expire_consent_after, ice_configuration, restrict_host_candidates
-from streamer.server.metrics import ServerMetrics, StreamStats
 from streamer.server.sdp import OfferError, check_sdp
 from streamer.server.tracks import LatestFrameSlot, SourceFeed, StylizedTrack, ViewerTrack, drain
+from streamer.stats import RunStats, StreamStats
 from streamer.worker import GpuWorker
 
 # Other modules import these from here (they lived here before the split into sdp, ice and tracks).
 __all__ = ["CapacityError", "NotFoundError", "OfferError", "SessionManager", "SourceFeed", "check_sdp",
-           "ice_configuration", "live_params", "restrict_host_candidates"]
+           "ice_configuration", "restrict_host_candidates"]
 
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT = 3.0
-PARAMS_TIMEOUT = 10.0
 
 
 class CapacityError(RuntimeError):
@@ -68,6 +68,7 @@ class Session:
     tasks: list[asyncio.Task] = field(default_factory=list)
     broadcast_key: str | None = None  # whep: what it watches
     connected: bool = False  # the peer connection reached "connected" (ICE and DTLS done)
+    params: ParamsController | None = None  # browser, whip: its live parameters (the one handler of changes)
 
     @property
     def stylizes(self) -> bool:
@@ -75,11 +76,12 @@ class Session:
 
 
 class SessionManager:
-    def __init__(self, worker: GpuWorker, metrics: ServerMetrics, *, ice: RTCConfiguration,
+    def __init__(self, worker: GpuWorker, metrics: RunStats, *, ice: RTCConfiguration,
                  max_sessions: int = 4, max_viewers: int = 32, idle_timeout: float = 10.0,
-                 connect_timeout: float = 15.0) -> None:
+                 connect_timeout: float = 15.0, defaults: Mapping[str, Any] | None = None) -> None:
         self.worker = worker
         self.metrics = metrics
+        self.defaults = dict(defaults or {})  # the parameters every stream starts with (GET-able per session)
         self.ice = ice
         self.max_sessions = max_sessions
         self.max_viewers = max_viewers
@@ -110,8 +112,7 @@ class SessionManager:
         if broadcast_key is not None and not any(
                 s.broadcast_key == broadcast_key and s.connected for s in self.sessions.values()):
             return
-        stats.dropped += 1
-        self.metrics.frames_dropped += 1
+        stats.frame_dropped()
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -131,12 +132,6 @@ class SessionManager:
             counts[session.kind] += 1
         return counts
 
-    def stream_stats(self) -> dict[str, StreamStats]:
-        stats = {s.id: s.stats for s in self.sessions.values() if s.stylizes}
-        for key, broadcast in self.broadcasts.items():
-            stats.setdefault(key, broadcast.track.stats)
-        return stats
-
     # ---- opening sessions ------------------------------------------------------------------------
     async def open_stylizing(self, offer_sdp: str, kind: str,
                              params: dict[str, Any] | None = None) -> tuple[Session, str]:
@@ -145,11 +140,13 @@ class SessionManager:
         if sum(s.stylizes for s in self.sessions.values()) >= self.max_sessions:
             raise CapacityError(f"the server is at its limit of {self.max_sessions} sessions; try again later")
         if params:
-            params = live_params(params)
-        session = Session(id=secrets.token_urlsafe(12), kind=kind, pc=RTCPeerConnection(self.ice))
+            LiveParams.parse(params)  # a bad value: 400 before a peer connection is made
+        session = Session(id=secrets.token_urlsafe(12), kind=kind, pc=RTCPeerConnection(self.ice),
+                          stats=self.metrics.stream())
         session.stream_id = f"{kind}-{session.id}"
+        session.params = ParamsController(self.worker, [session.stream_id], self.defaults)
         self.sessions[session.id] = session
-        self.metrics.sessions_started += 1
+        self.metrics.session_started()
         pc = session.pc
         tracks: list[StylizedTrack] = []
 
@@ -162,7 +159,7 @@ class SessionManager:
             slot = LatestFrameSlot(on_drop=lambda: self._dropped(
                 session.stats, session.id if kind == "whip" else None))
             session.tasks.append(asyncio.ensure_future(self._pump(session, track, slot)))
-            stylized = StylizedTrack(slot, self.worker, session.stream_id, session.stats, self.metrics)
+            stylized = StylizedTrack(slot, self.worker, session.stream_id, session.stats)
             tracks.append(stylized)
             if kind == "browser":
                 pc.addTrack(stylized)
@@ -174,7 +171,7 @@ class SessionManager:
         self._watch_state(session)
         try:
             if params:
-                await self.apply_params(session.id, params)
+                await asyncio.to_thread(session.params.apply, params)  # waits for the worker: off the loop
             await self._answer(session, offer_sdp)
             if not tracks:
                 raise OfferError("the offer has no video track; send a camera or screen track")
@@ -195,7 +192,7 @@ class SessionManager:
         session = Session(id=secrets.token_urlsafe(12), kind="whep", pc=RTCPeerConnection(self.ice),
                           broadcast_key=broadcast.key)
         self.sessions[session.id] = session
-        self.metrics.sessions_started += 1
+        self.metrics.session_started()
         session.pc.addTrack(ViewerTrack(self.relay.subscribe(broadcast.track, buffered=False)))
         self._watch_state(session)
         try:
@@ -216,9 +213,9 @@ class SessionManager:
 
     def add_source(self, feed: SourceFeed) -> None:
         """A server-side source, stylized once and relayed to every viewer as stream ``source``."""
-        stats = StreamStats()
+        stats = self.metrics.stream()
         feed.slot.on_drop = lambda: self._dropped(stats, "source")
-        track = StylizedTrack(feed.slot, self.worker, "source", stats, self.metrics)
+        track = StylizedTrack(feed.slot, self.worker, "source", stats)
         self.broadcasts["source"] = Broadcast("source", track)
         self._source_feed = feed
 
@@ -239,8 +236,7 @@ class SessionManager:
             while True:
                 frame = await track.recv()
                 session.last_input = time.monotonic()
-                session.stats.received += 1
-                self.metrics.frames_received += 1
+                session.stats.frame_received()
                 slot.put(frame, session.last_input)
         except (MediaStreamError, asyncio.CancelledError):
             pass
@@ -282,14 +278,13 @@ class SessionManager:
         async def on_message(message: Any) -> None:
             try:
                 data = loads_object(message, "message")
-                if data.get("type", "params") != "params":
+                if data.pop("type", "params") != "params":  # the envelope; the rest is the change
                     raise ValueError("messages must be JSON objects with \"type\": \"params\"")
-                applied = await self.apply_params(session.id, data)
-                reply = {"type": "params", "ok": True, "params": applied}
-            except Exception as exc:  # noqa: BLE001 - every failure is the client's answer, not a lost reply
-                reply = {"type": "params", "ok": False, "error": str(exc) or type(exc).__name__}
+                _, reply = await self.change_params(session.id, data)
+            except (ValueError, NotFoundError) as exc:
+                reply = {"ok": False, "error": str(exc)}
             if channel.readyState == "open":
-                channel.send(json.dumps(reply))
+                channel.send(json.dumps({"type": "params", **reply}))
 
         async def push_stats() -> None:
             while channel.readyState != "closed":
@@ -299,12 +294,12 @@ class SessionManager:
 
         session.tasks.append(asyncio.ensure_future(push_stats()))
 
-    async def apply_params(self, session_id: str, data: Any) -> dict[str, Any]:
+    async def change_params(self, session_id: str, changes: Any) -> tuple[int, dict[str, Any]]:
+        """A live change to one stylizing session: the answer of ParamsController.answer (the same as
+        `streamer run --control-port` gives), or NotFoundError."""
         session = self.get(session_id, kinds=("browser", "whip"))
-        params = live_params(data)
-        future = self.worker.update(session.stream_id, **params)
-        await asyncio.wait_for(asyncio.wrap_future(future), PARAMS_TIMEOUT)
-        return params
+        assert session.params is not None
+        return await asyncio.to_thread(session.params.answer, changes)  # waits for the worker: off the loop
 
     async def close(self, session_id: str) -> None:
         session = self.sessions.pop(session_id, None)
@@ -323,16 +318,3 @@ class SessionManager:
         if session.stylizes:
             self.worker.remove_stream(session.stream_id)
         log.info("session %s (%s) closed", session.id, session.kind)
-
-
-def live_params(data: Any) -> dict[str, Any]:
-    """The one check of live parameters (LiveParams), plus: a message's "type" key is not a parameter, and
-    an empty change is an error rather than a silent no-op."""
-    if isinstance(data, dict):
-        data = {k: v for k, v in data.items() if k != "type"}
-    params = LiveParams.parse(data).changes()
-    if not params:
-        raise ValueError(f"no parameters given; send some of: {', '.join(LIVE_PARAMS)}")
-    return params
-
-

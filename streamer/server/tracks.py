@@ -15,7 +15,7 @@ import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from streamer.frames import Frame
-from streamer.server.metrics import ServerMetrics, StreamStats
+from streamer.stats import StreamStats
 from streamer.worker import GpuWorker
 
 log = logging.getLogger(__name__)
@@ -58,14 +58,12 @@ class StylizedTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, slot: LatestFrameSlot, worker: GpuWorker, stream_id: str, stats: StreamStats,
-                 metrics: ServerMetrics) -> None:
+    def __init__(self, slot: LatestFrameSlot, worker: GpuWorker, stream_id: str, stats: StreamStats) -> None:
         super().__init__()
         self.slot = slot
         self.worker = worker
         self.stream_id = stream_id
-        self.stats = stats
-        self.metrics = metrics
+        self.stats = stats  # this stream's counts; each event also counts into the server's totals
         self._index = 0
         self._warned = False
 
@@ -79,14 +77,13 @@ class StylizedTrack(MediaStreamTrack):
             try:
                 out = await asyncio.wrap_future(self.worker.submit(frame))
             except Exception as exc:  # noqa: BLE001 - a failed frame is skipped, the stream goes on
-                self.metrics.frame_errors += 1
+                self.stats.frame_failed()
                 if not self._warned:
                     log.warning("stream %s: frame failed: %s", self.stream_id, exc)
                     self._warned = True
                 continue
             latency = time.monotonic() - arrived
             self.stats.frame_out(latency)
-            self.metrics.frame_out(latency)
             return await asyncio.to_thread(_to_video, out.image, out.pts, out.time_base)
 
     def _to_frame(self, item: Any, arrived: float) -> Frame:

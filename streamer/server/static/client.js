@@ -83,7 +83,8 @@
     if (!state.sessionId) return;  // not running: sent with the next offer
     const response = await fetch(`/sessions/${state.sessionId}/params`, {
       method: "POST", body: JSON.stringify(clean), headers: { ...authHeaders(), "Content-Type": "application/json" } });
-    const reply = response.ok ? await response.json() : { ok: false, error: await response.text() };
+    const json = (response.headers.get("Content-Type") || "").startsWith("application/json");
+    const reply = json ? await response.json() : { ok: false, error: await response.text() };  // {ok, params|error}
     state.lastReply = reply;
     setError(reply.ok ? "" : reply.error);
   }
