@@ -217,8 +217,8 @@ class SessionManager:
     def add_source(self, feed: SourceFeed) -> None:
         """A server-side source, stylized once and relayed to every viewer as stream ``source``."""
         stats = StreamStats()
-        feed.slot.on_drop = lambda: self._dropped(stats, "source")
-        track = StylizedTrack(feed.slot, self.worker, "source", stats, self.metrics)
+        feed.on_drop = lambda: self._dropped(stats, "source")
+        track = StylizedTrack(feed, self.worker, "source", stats, self.metrics)
         self.broadcasts["source"] = Broadcast("source", track)
         self._source_feed = feed
 
