@@ -39,15 +39,13 @@ class FrameSlot(Generic[T]):
         self._error: BaseException | None = None
 
     def put(self, item: T) -> int:
-        """Add ``item``; return how many items were dropped: older ones it pushed out, or ``item`` itself
-        when the slot is closed (then it is discarded)."""
+        """Add ``item``; return how many older items it pushed out. After ``close`` it is discarded."""
         with self._cond:
             dropped = 0
             if self.lossless:
                 self._cond.wait_for(lambda: len(self._items) < self.capacity or self._closed)
             if self._closed:
-                self.dropped += 1
-                return 1
+                return 0
             while len(self._items) >= self.capacity:
                 self._items.popleft()
                 dropped += 1
@@ -70,17 +68,14 @@ class FrameSlot(Generic[T]):
             return None
 
     def close(self, error: BaseException | None = None, *, discard: bool = False) -> int:
-        """No more items; ``take`` drains what is left (nothing with ``discard``: those count as dropped,
-        and their number is returned), then returns None or raises ``error``. Wakes a ``put`` waiting."""
+        """No more items; ``take`` drains what is left (nothing with ``discard``), then returns None or
+        raises ``error``. Wakes a ``put`` waiting for room."""
         with self._cond:
             self._closed = True
             self._error = self._error or error
-            discarded = len(self._items) if discard else 0
             if discard:
                 self._items.clear()
-                self.dropped += discarded
             self._cond.notify_all()
-            return discarded
 
     def wait_first(self, timeout: float) -> bool:
         """True once an item arrived or the slot closed; False after ``timeout`` seconds."""

@@ -79,8 +79,8 @@ def test_frames_dropped_before_the_model_are_never_converted(clip30: Path) -> No
     assert source.conversions <= snap["frames_out"] + 2  # the frames the model got, no more
     assert source.frames_decoded >= 2 * source.conversions
     # Every frame is accounted for: out, or dropped in the source's slot before the model.
-    assert snap["frames_in"] == source.frames_decoded
-    assert snap["dropped_at"]["source"] + snap["frames_out"] >= snap["frames_in"] - 2
+    assert snap["frames_in"] >= source.frames_decoded - 2  # all but those waiting at the end
+    assert snap["dropped_at"]["source"] + snap["frames_out"] == snap["frames_in"]
     assert snap["dropped_at"]["capture"] == 0  # one slot before the model, not two
 
 

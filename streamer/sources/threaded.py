@@ -68,9 +68,10 @@ class ThreadedSource(Source):
 
     Subclasses implement ``_connect``, ``_frames`` and ``_to_rgb`` (and ``_disconnect``). ``on_end`` says
     what the end of a connection means: "reconnect" (with exponential backoff, forever), "restart" (a
-    looped file: at once) or "finish" (``read`` then returns None). ``on_frame(capture_time)`` and
-    ``on_drop(count)``, when set, are called from the reader thread for every frame put in the slot and
-    every frame a newer one replaced (the runtime counts them).
+    looped file: at once) or "finish" (``read`` then returns None). ``on_frame(capture_time)``, when set,
+    is called for every frame whose fate is settled: taken by ``read``, or replaced by a newer one (then
+    ``on_drop(count)`` too, from the reader thread); frames still waiting when the source closes count
+    as neither (the runtime counts frames in and drops with them).
     """
 
     live = True
@@ -220,9 +221,10 @@ class ThreadedSource(Source):
         self.frames_decoded += 1
         item = Captured(raw, pts, time_base, time.monotonic() if capture_time is None else capture_time,
                         self.frames_decoded - 1 if index is None else index)
-        if self.on_frame is not None:
-            self.on_frame(item.capture_time)
         dropped = self._slot.put(item)
+        if dropped and self.on_frame is not None:
+            for _ in range(dropped):
+                self.on_frame(item.capture_time)
         if dropped and self.on_drop is not None:
             self.on_drop(dropped)
 
@@ -235,7 +237,11 @@ class ThreadedSource(Source):
             item = self._slot.take(wait)
         except SlotTimeout:
             raise SourceTimeout(f"{self.name}: no new frame within {wait:g} s") from None
-        return None if item is None else self._to_frame(item)
+        if item is None:
+            return None
+        if self.on_frame is not None:
+            self.on_frame(item.capture_time)
+        return self._to_frame(item)
 
     def _to_frame(self, item: Captured) -> Frame:
         """The RGB frame of what the reader got: the one place a frame is converted."""
@@ -244,9 +250,7 @@ class ThreadedSource(Source):
 
     def close(self) -> None:
         self._stop.set()
-        discarded = self._slot.close(discard=True)  # never taken: dropped
-        if discarded and self.on_drop is not None:
-            self.on_drop(discarded)
+        self._slot.close(discard=True)
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             # A read blocked inside FFmpeg returns at its own read timeout; the daemon thread then closes
