@@ -1,15 +1,19 @@
-"""The live path: source -> capture thread -> latest-frame slot -> GPU worker -> one writer thread per sink.
+"""The live path: source -> one latest-frame slot -> GPU worker -> one writer thread (and slot) per sink.
 
-Nothing on the way queues without bound. For a live source the capture slot holds one frame (a newer one
-replaces it: a drop "at capture") and each sink's slot holds one (a slow sink drops its own frames and never
-holds back the others or the GPU). For a non-live source (a file read as fast as possible) every slot blocks
-instead, so no frame is lost. When a live source goes quiet (no signal), the sinks keep their pace with the
+Nothing on the way queues without bound. Between the source and the GPU worker there is one slot
+(streamer.slots.FrameSlot): a threaded source's own (camera, network stream, pipe, file played in real
+time: a newer frame replaces an untaken one, counted as dropped "in the source"), or, for a source read
+on demand (the test pattern), the slot of a SourceReader thread (drops counted "at capture"). Frames are
+converted to RGB only when the GPU side takes them. Each sink's slot holds one frame (a slow sink drops its
+own frames and never holds back the others or the GPU). For a non-live source (a file read as fast as
+possible) every slot blocks instead, so no frame is lost. When a live source goes quiet (no signal), the sinks keep their pace with the
 last frame, then a "no signal" card, until frames come back; reconnecting is the source's job.
 
 Pacing: a live source's frames are written as soon as the model returns them (the source's clock already
-paces them, and holding frames back would only add latency); their pts are kept, made strictly increasing,
-so recordings keep the source's timing. A non-live source feeding a live sink (virtual camera, window,
-network) is held to its pts on the wall clock, so a file plays at its own rate.
+paces them, and holding frames back would only add latency); their pts are kept, made strictly increasing
+(the one PtsClock), so recordings keep the source's timing. A non-live source feeding a live sink (virtual
+camera, window, network) is held to its pts on the wall clock by the one Pacer, so a file plays at its own
+rate. Latency is a frame's capture time (kept on the frame from the source) to the end of a sink's write.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -26,136 +29,17 @@ import cv2
 import numpy as np
 
 from pipelines.errors import PipelineError
-from streamer.frames import Frame, PtsClock
+from streamer.frames import Frame, Pacer, PtsClock
 from streamer.sinks.base import Sink, SinkError
+from streamer.sinks.writer import SinkWriter
 from streamer.sources.base import Source, SourceError, SourceTimeout
+from streamer.sources.threaded import as_threaded
 from streamer.stats import RunStats
 
 log = logging.getLogger(__name__)
 
-TIMEOUT = object()  # BoundedSlot.get: nothing arrived in time
 HOLD_LAST_S = 2.0  # with no signal, repeat the last frame this long before showing the "no signal" card
 MAX_MODEL_FAILURES = 3  # consecutive failed frames before the run gives up
-
-
-class BoundedSlot:
-    """At most ``capacity`` items. ``put(block=False)`` replaces the oldest when full (a drop);
-    ``put(block=True)`` waits for room. ``get`` returns an item, ``TIMEOUT``, or None once closed and empty.
-    """
-
-    def __init__(self, capacity: int = 1) -> None:
-        self.capacity = capacity
-        self._items: deque[Any] = deque()
-        self._cond = threading.Condition()
-        self._closed = False
-
-    def put(self, item: Any, *, block: bool) -> int:
-        """Add ``item``; return how many older items it pushed out (0 when blocking)."""
-        with self._cond:
-            dropped = 0
-            if block:
-                self._cond.wait_for(lambda: len(self._items) < self.capacity or self._closed)
-            else:
-                while len(self._items) >= self.capacity:
-                    self._items.popleft()
-                    dropped += 1
-            if self._closed:
-                return dropped
-            self._items.append(item)
-            self._cond.notify_all()
-            return dropped
-
-    def get(self, timeout: float | None = None) -> Any:
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._items or self._closed, timeout):
-                return TIMEOUT
-            if self._items:
-                item = self._items.popleft()
-                self._cond.notify_all()
-                return item
-            return None
-
-    def close(self, *, discard: bool = False) -> None:
-        """No more puts; ``get`` drains what is left (or nothing with ``discard``) then returns None."""
-        with self._cond:
-            self._closed = True
-            if discard:
-                self._items.clear()
-            self._cond.notify_all()
-
-
-class SinkWriter:
-    """One sink on its own thread behind a small slot; counts its own drops, write times and latency.
-
-    A sink that fails is logged once, marked ``failed``, and skipped from then on; the others go on.
-    """
-
-    def __init__(self, sink: Sink, stats: RunStats, *, lossless: bool, name: str | None = None) -> None:
-        self.sink = sink
-        self.stats = stats
-        self.name = name or getattr(sink, "name", type(sink).__name__)
-        self.lossless = lossless
-        self.failed: BaseException | None = None
-        self.opened = False
-        self._closed = False
-        self._slot = BoundedSlot(2 if lossless else 1)
-        self._thread = threading.Thread(target=self._run, name=f"sink:{self.name}", daemon=True)
-        stats.add_sink(self.name)
-
-    def open(self, width: int, height: int, fps: float) -> None:
-        self.sink.open(width, height, fps)
-        self.opened = True
-        self._thread.start()
-
-    def offer(self, frame: Frame, *, repeated: bool = False) -> None:
-        if self.failed is not None or not self.opened:
-            return
-        dropped = self._slot.put((frame, repeated), block=self.lossless)
-        if dropped:
-            self.stats.sink_dropped(self.name, dropped)
-
-    def finish(self, timeout: float) -> None:
-        """Write what is waiting (at most a frame or two), then close the sink (a file is finalized)."""
-        self._slot.close()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.warning("%s: still writing after %.0f s; leaving it", self.name, timeout)
-                return
-        self._close_sink()
-
-    def _run(self) -> None:
-        try:
-            while True:
-                item = self._slot.get()
-                if item is None:
-                    return
-                frame, repeated = item
-                if self.failed is not None:
-                    continue
-                start = time.monotonic()
-                try:
-                    self.sink.write(frame)
-                except Exception as exc:  # noqa: BLE001 - one sink failing must not stop the others
-                    self.failed = exc
-                    self.stats.sink_failed(self.name)
-                    log.error("%s: write failed, this sink stops: %s", self.name, str(exc).splitlines()[0]
-                              if str(exc) else type(exc).__name__)
-                    continue
-                done = time.monotonic()
-                self.stats.sink_written(self.name, done - start, None if repeated else done - frame.capture_time,
-                                        done)
-        finally:
-            self._close_sink()
-
-    def _close_sink(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self.sink.close()
-        except Exception as exc:  # noqa: BLE001 - closing the others matters more
-            log.error("%s: close failed: %s", self.name, exc)
 
 
 def no_signal_card(last: np.ndarray) -> np.ndarray:
@@ -205,7 +89,11 @@ class Runtime:
                                    name=name if names.count(name) == 1 else f"{name}#{i}")
                         for i, (sink, name) in enumerate(zip(sinks, names, strict=True))]
         self.stats.watch_source(source)
-        self._capture_slot = BoundedSlot(1)
+        # The one slot before the model: the source's own, or a reader thread's for an on-demand source.
+        self._input = as_threaded(source, lossless=not self.live)
+        self._input.on_frame = self.stats.captured
+        if self._input is not source:
+            self._input.on_drop = self.stats.dropped_at_capture
         self._stop = threading.Event()
         self._no_signal_since: float | None = None
         self._error: BaseException | None = None
@@ -214,7 +102,7 @@ class Runtime:
         self._card_cache: tuple[np.ndarray, np.ndarray] | None = None
         self._last_emit = 0.0
         self._clock = PtsClock(self.fps)  # output pts: a reconnect may restart the source's clock
-        self._pace_anchor: tuple[float, float] | None = None
+        self._pacer = Pacer()
 
     # --- control ------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -236,9 +124,8 @@ class Runtime:
         self.fps = self._clock.fps = float(self.source.fps or self._fps_hint or 30.0)
         started = time.monotonic()
         self.stats.started = started
-        capture = threading.Thread(target=self._capture, name="capture", daemon=True)
+        self._input.open()  # a SourceReader starts reading here; a threaded source is already reading
         pump = threading.Thread(target=self._pump, name="pump", daemon=True)
-        capture.start()
         pump.start()
         try:
             next_tick = started + self.tick_s
@@ -256,11 +143,8 @@ class Runtime:
                     self.on_tick(self.stats)
         finally:
             self.stop()
+            self._close_input()  # the pump's read returns at once; the frame at the model still goes out
             pump.join(30)
-            self._capture_slot.close(discard=True)
-            capture.join(5)
-            if capture.is_alive():
-                log.warning("the source did not stop within 5 s; leaving it")
             for writer in self.writers:
                 writer.finish(timeout=30)
         if self._error is not None:
@@ -272,54 +156,40 @@ class Runtime:
             self._error = error
         self._stop.set()
 
-    # --- capture thread -----------------------------------------------------------------------------
-    def _capture(self) -> None:
-        read = self.source.read
+    def _close_input(self) -> None:
+        try:
+            self._input.close()  # a SourceReader closes its source on its own thread
+        except Exception as exc:  # noqa: BLE001
+            log.warning("closing the source failed: %s", exc)
+
+    def _no_signal(self, last_input: float) -> None:
+        """A read timed out: after ``no_signal_after`` without a frame, a live source counts as silent."""
+        now = time.monotonic()
+        if self.live and self._no_signal_since is None and now - last_input >= self.no_signal_after:
+            self._no_signal_since = now
+            self.stats.no_signal = True
+            log.info("%s: no signal", getattr(self.source, "name", "source"))
+
+    # --- pump thread: slot -> worker -> sinks ---------------------------------------------------------
+    def _pump(self) -> None:
+        failures = 0
+        last_input = time.monotonic()
         try:
             while not self._stop.is_set():
                 try:
-                    frame = read(timeout=self.no_signal_after)
+                    frame = self._input.read(timeout=self._wait_for_next())  # converted here, when taken
                 except SourceTimeout:
-                    if self._no_signal_since is None:
-                        self._no_signal_since = time.monotonic()
-                        self.stats.no_signal = True
-                        log.info("%s: no signal", getattr(self.source, "name", "source"))
+                    self._no_signal(last_input)
+                    self._fill_if_no_signal()
                     continue
                 if frame is None:
                     return
+                last_input = time.monotonic()
                 if self._no_signal_since is not None:
                     self._no_signal_since = None
                     self.stats.no_signal = False
                 if frame.stream_id != self.stream_id:
                     frame = replace(frame, stream_id=self.stream_id)
-                self.stats.captured(frame.capture_time)
-                dropped = self._capture_slot.put(frame, block=not self.live)
-                if dropped:
-                    self.stats.dropped_at_capture(dropped)
-        except SourceError as exc:
-            self._fail(exc)
-        except Exception as exc:  # noqa: BLE001 - end the run with one line rather than hang
-            log.debug("capture failed", exc_info=True)  # the run ends with the one-line error below
-            self._fail(SourceError(f"reading the source failed: {exc}"))
-        finally:
-            self._capture_slot.close()
-            try:
-                self.source.close()
-            except Exception as exc:  # noqa: BLE001
-                log.warning("closing the source failed: %s", exc)
-
-    # --- pump thread: slot -> worker -> sinks ---------------------------------------------------------
-    def _pump(self) -> None:
-        failures = 0
-        try:
-            while not self._stop.is_set():
-                item = self._capture_slot.get(timeout=self._wait_for_next())
-                if item is None:
-                    return
-                if item is TIMEOUT:
-                    self._fill_if_no_signal()
-                    continue
-                frame: Frame = item
                 submitted = time.monotonic()
                 try:
                     out = self.worker.submit(frame).result()
@@ -384,16 +254,5 @@ class Runtime:
         return replace(frame, pts=pts, time_base=self._clock.time_base)
 
     def _pace(self, frame: Frame) -> None:
-        """Hold a frame until its pts comes due on the wall clock (re-anchored after a stall)."""
-        seconds = frame.seconds
-        if seconds is None:
-            return
-        now = time.monotonic()
-        if self._pace_anchor is None:
-            self._pace_anchor = (now, seconds)
-            return
-        due = self._pace_anchor[0] + seconds - self._pace_anchor[1]
-        if due < now - 0.5 or due > now + 2.0:  # fell far behind, or the clock jumped: start again here
-            self._pace_anchor = (now, seconds)
-        elif due > now:
-            self._stop.wait(due - now)
+        """Hold a frame until its pts comes due on the wall clock (the one Pacer: re-anchored after a stall)."""
+        self._pacer.wait(frame.seconds, self._stop)

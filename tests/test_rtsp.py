@@ -11,7 +11,7 @@ from conftest import StartServer, free_port
 
 from streamer.frames import Frame
 from streamer.sources import SourceTimeout, open_source
-from streamer.sources.av_source import NetworkSource
+from streamer.sources.network import NetworkSource
 
 
 def read_for(source: NetworkSource, seconds: float) -> list[tuple[Frame, float]]:

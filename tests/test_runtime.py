@@ -14,9 +14,10 @@ import pytest
 
 from pipelines.passthrough import PassthroughPipeline
 from streamer.frames import Frame
-from streamer.runtime import BoundedSlot, Runtime
+from streamer.runtime import Runtime
 from streamer.sinks.av_sink import AvSink
 from streamer.sinks.base import Sink
+from streamer.slots import FrameSlot, SlotTimeout
 from streamer.sources.testsrc import TestSource, marks_age_ms, read_marks, write_marks
 from streamer.stats import RunStats
 from streamer.worker import GpuWorker
@@ -249,20 +250,24 @@ def test_stop_from_another_thread_closes_the_file(tmp_path: Path, passthrough_wo
     assert 20 <= len(indices) <= 40 and None not in indices
 
 
-def test_bounded_slot_replaces_or_blocks() -> None:
-    live = BoundedSlot(1)
-    assert live.put(1, block=False) == 0
-    assert live.put(2, block=False) == 1  # the unconsumed one is replaced
-    assert live.get(0.1) == 2
-    lossless = BoundedSlot(1)
-    lossless.put(1, block=True)
+def test_frame_slot_replaces_or_blocks() -> None:
+    live = FrameSlot(1)
+    assert live.put(1) == 0
+    assert live.put(2) == 1  # the unconsumed one is replaced
+    assert live.dropped == 1
+    assert live.take(0.1) == 2
+    with pytest.raises(SlotTimeout):
+        live.take(0.05)
+    lossless = FrameSlot(1, lossless=True)
+    lossless.put(1)
     done = threading.Event()
-    threading.Thread(target=lambda: (lossless.put(2, block=True), done.set()), daemon=True).start()
+    threading.Thread(target=lambda: (lossless.put(2), done.set()), daemon=True).start()
     assert not done.wait(0.2)  # waits for room
-    assert lossless.get(1) == 1
+    assert lossless.take(1) == 1
     assert done.wait(2)
     lossless.close()
-    assert lossless.get(1) == 2 and lossless.get(1) is None
+    assert lossless.take(1) == 2 and lossless.take(1) is None
+    assert lossless.dropped == 0
 
 
 @pytest.mark.slow

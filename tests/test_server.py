@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -371,7 +372,7 @@ def test_watch_relays_one_stylized_source_to_many_viewers() -> None:
                     await whep_play(base, stream="nope")
             finally:
                 await asyncio.gather(*(v.close() for v in viewers))
-        assert not server.feed._thread.is_alive()
+        assert not any(t.name == "source:testsrc" for t in threading.enumerate())  # the reader stopped
 
     run_async(scenario)
 
@@ -416,23 +417,77 @@ def test_dropped_frames_are_counted_as_they_drop_and_stay_counted():
     from aiortc import RTCConfiguration, RTCPeerConnection
 
     from streamer.server.sessions import Session, SessionManager, SourceFeed
+    from streamer.sources.testsrc import TestSource
 
     async def scenario() -> None:
         metrics = RunStats()
         manager = SessionManager(None, metrics, ice=RTCConfiguration())  # type: ignore[arg-type]
-        feed = SourceFeed(None, asyncio.get_running_loop())
+        source = TestSource(160, 120, 30.0)
+        source.open()
+        feed = SourceFeed(source, asyncio.get_running_loop())
         manager.add_source(feed)
-        for i in range(3):
-            feed.slot.put(f"frame {i}", 0.0)
-        assert manager.broadcasts["source"].track.stats.dropped == 0
-        viewer = Session(id="v", kind="whep", pc=RTCPeerConnection(RTCConfiguration()), broadcast_key="source",
-                         connected=True)
-        manager.sessions[viewer.id] = viewer
-        for i in range(3):
-            feed.slot.put(f"frame {i}", 0.0)
-        assert manager.broadcasts["source"].track.stats.dropped == 3
-        await manager.close(viewer.id)
-        assert 'streamer_frames_dropped_total{where="capture"} 3\n' in exposition(metrics, manager.counts())
+        feed.start()  # frames arrive at 30 fps and nobody takes them
+        try:
+            stats = manager.broadcasts["source"].track.stats
+            await asyncio.sleep(0.5)
+            assert stats.dropped == 0
+            viewer = Session(id="v", kind="whep", pc=RTCPeerConnection(RTCConfiguration()),
+                             broadcast_key="source", connected=True)
+            manager.sessions[viewer.id] = viewer
+            await asyncio.sleep(0.5)
+            assert stats.dropped >= 5
+            await manager.close(viewer.id)
+            await asyncio.sleep(0.2)
+            dropped = stats.dropped
+            await asyncio.sleep(0.3)
+            assert stats.dropped == dropped  # nobody watches again
+            assert f'streamer_frames_dropped_total{{where="capture"}} {dropped}\n' in exposition(metrics, manager.counts())
+        finally:
+            await asyncio.to_thread(feed.stop)
+
+    asyncio.run(scenario())
+
+
+def test_serve_source_latency_counts_from_the_source_capture_time():
+    """`serve --source`: latency is the source's capture time to the track's send, as in `run` (capture to
+    the sink's write), not the time the server's reader got the frame. The test pattern writes its capture
+    time into the pixels; a source that hands each frame over 250 ms after capturing it shows that."""
+    from aiortc import RTCConfiguration
+
+    from pipelines.passthrough import PassthroughPipeline
+    from streamer.server.sessions import SessionManager, SourceFeed
+    from streamer.sources.testsrc import TestSource, marks_age_ms, read_marks
+    from streamer.worker import GpuWorker
+
+    class LateTestSource(TestSource):  # like a slow decoder: frames come 250 ms after their capture
+        def read(self, timeout: float | None = None):
+            frame = super().read(timeout)
+            if frame is not None:
+                time.sleep(0.25)
+            return frame
+
+    async def scenario() -> None:
+        metrics = RunStats()
+        worker = GpuWorker(PassthroughPipeline(), on_batch=metrics.batch)
+        manager = SessionManager(worker, metrics, ice=RTCConfiguration())
+        source = LateTestSource(160, 120, 10.0)
+        source.open()
+        feed = SourceFeed(source, asyncio.get_running_loop())
+        manager.add_source(feed)
+        feed.start()
+        track = manager.broadcasts["source"].track
+        try:
+            for _ in range(4):
+                video = await track.recv()
+                marks = read_marks(video.to_ndarray(format="rgb24"))
+                assert marks is not None
+                age_ms, reported_ms = marks_age_ms(marks[1]), track.stats.last_latency * 1000
+                print(f"age from the pixels {age_ms} ms, reported {reported_ms:.0f} ms")
+                assert reported_ms >= 250
+                assert abs(age_ms - reported_ms) < 30  # the server measures what the pixels say
+        finally:
+            await asyncio.to_thread(feed.stop)
+            await asyncio.to_thread(worker.close, 10)
 
     asyncio.run(scenario())
 

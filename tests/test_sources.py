@@ -19,7 +19,8 @@ import pytest
 from conftest import free_port
 
 from streamer.sources import SourceError, SourceTimeout, open_source
-from streamer.sources.av_source import FileSource, NetworkSource, PipeSource, RealtimeFileSource
+from streamer.sources.files import FileSource, PipeSource, RealtimeFileSource
+from streamer.sources.network import NetworkSource
 from streamer.sources.webcam import WebcamSource
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg CLI not installed (apt-get install ffmpeg)")

@@ -214,8 +214,13 @@ class SessionManager:
     def add_source(self, feed: SourceFeed) -> None:
         """A server-side source, stylized once and relayed to every viewer as stream ``source``."""
         stats = self.metrics.stream()
-        feed.slot.on_drop = lambda: self._dropped(stats, "source")
-        track = StylizedTrack(feed.slot, self.worker, "source", stats)
+
+        def dropped() -> None:  # a source frame replaced before it was taken: received, then dropped
+            stats.frame_received()
+            self._dropped(stats, "source")
+
+        feed.on_frame, feed.on_drop = stats.frame_received, dropped
+        track = StylizedTrack(feed, self.worker, "source", stats)
         self.broadcasts["source"] = Broadcast("source", track)
         self._source_feed = feed
 

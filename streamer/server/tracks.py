@@ -1,11 +1,15 @@
-"""Media tracks of the server: the newest-frame slot, the stylizing track, a viewer's copy of a relayed
-stream, and the server-side source's reader thread."""
+"""Media tracks of the server: the newest-frame slot of a peer's track, the stylizing track, a viewer's
+copy of a relayed stream, and the server-side source's feed.
+
+Latency, here as in ``run``, is a frame's capture time to its send: for a browser's or WHIP peer's track the
+capture time is when the frame arrived at the server; for ``serve --source`` it is the source's own capture
+time (kept on the frame, streamer.frames.Frame), so the two commands measure the same thing.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import Callable
 from fractions import Fraction
@@ -15,6 +19,8 @@ import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from streamer.frames import Frame
+from streamer.sources.base import SourceError, SourceTimeout
+from streamer.sources.threaded import as_threaded
 from streamer.stats import StreamStats
 from streamer.worker import GpuWorker
 
@@ -24,8 +30,14 @@ VIDEO_CLOCK = Fraction(1, 90_000)
 
 
 class LatestFrameSlot:
-    """Holds only the newest input frame; a frame replaced before anyone took it is reported to ``on_drop``
-    at once (so counters stay right whether or not anyone is reading)."""
+    """Holds only the newest input frame of a peer's track; a frame replaced before anyone took it is
+    reported to ``on_drop`` at once (so counters stay right whether or not anyone is reading).
+
+    The asyncio flavour of streamer.slots.FrameSlot: aiortc hands frames over on the event loop and the
+    stylizing track awaits them there, so waiting is an ``asyncio.Event``, not a thread's condition (a
+    blocking take would need a thread per session). Frames stay as aiortc decoded them and are converted
+    to RGB only when taken (StylizedTrack._to_frame).
+    """
 
     def __init__(self, on_drop: Callable[[], None] | None = None) -> None:
         self._item: tuple[Any, float] | None = None
@@ -58,7 +70,8 @@ class StylizedTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, slot: LatestFrameSlot, worker: GpuWorker, stream_id: str, stats: StreamStats) -> None:
+    def __init__(self, slot: LatestFrameSlot | SourceFeed, worker: GpuWorker, stream_id: str,
+                 stats: StreamStats) -> None:
         super().__init__()
         self.slot = slot
         self.worker = worker
@@ -82,17 +95,19 @@ class StylizedTrack(MediaStreamTrack):
                     log.warning("stream %s: frame failed: %s", self.stream_id, exc)
                     self._warned = True
                 continue
-            latency = time.monotonic() - arrived
+            video = await asyncio.to_thread(_to_video, out.image, out.pts, out.time_base)
+            latency = time.monotonic() - out.capture_time  # capture (or arrival) to send
             self.stats.frame_out(latency)
-            return await asyncio.to_thread(_to_video, out.image, out.pts, out.time_base)
+            return video
 
     def _to_frame(self, item: Any, arrived: float) -> Frame:
+        """A peer's frame (captured when it arrived) or a server-side source's (its own capture time)."""
         self._index += 1
         if isinstance(item, Frame):
             pts, time_base = item.pts, item.time_base
             if pts is None:  # the encoder needs a clock: use arrival time
                 pts, time_base = int(arrived / VIDEO_CLOCK), VIDEO_CLOCK
-            return Frame(item.image, pts=pts, time_base=time_base, capture_time=arrived,
+            return Frame(item.image, pts=pts, time_base=time_base, capture_time=item.capture_time,
                          stream_id=self.stream_id, index=self._index)
         return Frame(item.to_ndarray(format="rgb24"), pts=item.pts, time_base=item.time_base,
                      capture_time=arrived, stream_id=self.stream_id, index=self._index)
@@ -137,39 +152,52 @@ async def drain(track: MediaStreamTrack) -> None:
 
 
 class SourceFeed:
-    """Reads a server-side source on its own thread and keeps only its newest frame for the loop."""
+    """A server-side source for the loop, through the same slot as ``run``: a threaded source's own (or a
+    SourceReader's, for a test pattern), taken from with ``await get()`` like a LatestFrameSlot. Frames are
+    converted only when taken, off the loop; one replaced before anyone took it is reported to
+    ``on_drop`` on the loop."""
 
     def __init__(self, source: Any, loop: asyncio.AbstractEventLoop) -> None:
         self.source = source
         self.loop = loop
-        self.slot = LatestFrameSlot()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="server-source", daemon=True)
+        self.on_drop: Callable[[], None] | None = None
+        self.on_frame: Callable[[], None] | None = None  # a frame taken, on the loop
+        self.input = as_threaded(source) if source is not None else None
+        self.closed = False
+        if self.input is not None:
+            self.input.on_drop = self._dropped
+
+    def _dropped(self, count: int) -> None:  # on the reader thread
+        if self.on_drop is not None and not self.loop.is_closed():
+            for _ in range(count):
+                self.loop.call_soon_threadsafe(self.on_drop)
 
     def start(self) -> None:
-        self._thread.start()
+        if self.input is not None:
+            self.input.open()  # a threaded source already reads; a SourceReader starts here
 
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                try:
-                    frame = self.source.read(timeout=1.0)
-                except TimeoutError:  # SourceTimeout is one: a live source may come back
-                    continue
-                except Exception as exc:  # noqa: BLE001 - reported, the server stays up
-                    log.error("source stopped: %s", exc)
-                    break
-                if frame is None:
-                    break
-                self.loop.call_soon_threadsafe(self.slot.put, frame, time.monotonic())
-        finally:
-            if not self.loop.is_closed():
-                self.loop.call_soon_threadsafe(self.slot.close)
+    async def get(self) -> tuple[Frame, float]:
+        while self.input is not None and not self.closed:
+            try:
+                frame = await asyncio.to_thread(self.input.read, 1.0)
+            except SourceTimeout:  # a live source may come back
+                continue
+            except SourceError as exc:
+                log.error("source stopped: %s", exc)
+                break
+            if frame is None:
+                break
+            if self.on_frame is not None:
+                self.on_frame()
+            return frame, frame.capture_time
+        self.closed = True
+        raise MediaStreamError
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
+        self.closed = True
+        if self.input is None:
+            return
         try:
-            self.source.close()
+            self.input.close()  # a SourceReader closes its source on its own thread
         except Exception as exc:  # noqa: BLE001
             log.warning("closing the source: %s", exc)
-        self._thread.join(timeout)

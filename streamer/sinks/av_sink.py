@@ -2,8 +2,9 @@
 
 Timestamps: a frame's own ``pts``/``time_base`` are kept (rescaled to the stream's time base), so a
 recorded file keeps the source's timing and remuxed audio stays in sync. The muxer must never see a
-timestamp go backwards, so a frame whose pts does not increase (a restarted camera, a broken file) gets
-one derived from its capture time instead; frames without pts are timed by their count and the rate.
+timestamp go backwards, so the pts go through the one PtsClock: a frame whose pts does not increase (a
+restarted camera, a broken file), or that jumps far ahead of the capture clock, goes on one frame after the
+last; frames without pts are timed one frame period apart.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import av
 import av.error
 import numpy as np
 
-from streamer.frames import Frame, frame_step
+from streamer.frames import Frame, PtsClock
 from streamer.outputs import PartialFile, check_output
 from streamer.picture import ColourTags
 from streamer.sinks.base import Sink, SinkError
@@ -99,9 +100,9 @@ class AvSink(Sink):
         self._time_base = NETWORK_TIME_BASE
         self._copy_pts = False
         self._fps = 30.0
+        self._clock: PtsClock | None = None  # made at open(), in the stream's time base
         self._pts_origin: int | None = None
-        self._last_pts: int | None = None
-        self._last_capture: float | None = None
+        self._last_seconds: tuple[float, float] | None = None  # (pts seconds, capture time) of the last frame
         self._guard: StallGuard | None = None
         self._partial: PartialFile | None = None  # a file target is written here, renamed by close()
         self._write_failed = False
@@ -133,6 +134,7 @@ class AvSink(Sink):
         self.pixel_format = pick_pixel_format(self.codec, self.width, self.height)
         if time_base is not None:
             self._time_base, self._copy_pts = Fraction(time_base), True
+        self._clock = PtsClock(self._fps, self._time_base)
         port = urlsplit(self.target).port if self.scheme in ("rtsp", "tcp") else None
         self._guard = StallGuard(port) if port else None
         try:
@@ -302,31 +304,25 @@ class AvSink(Sink):
         return f"writing {self.target} failed: {text}"
 
     def _next_pts(self, frame: Frame) -> int:
-        """The frame's pts in the stream time base, strictly increasing."""
-        tb = self._time_base
-        pts: int | None = None
-        if frame.pts is not None:
-            pts = round(frame.pts * Fraction(frame.time_base) / tb)
-            if not self._copy_pts:  # live: the first frame is at 0, whatever the source's clock
-                if self._pts_origin is None:
-                    self._pts_origin = pts
-                pts -= self._pts_origin
-        elif self._last_pts is None:
-            pts = 0
-        if self._last_pts is not None and self._last_capture is not None:
-            capture_step = max(1, round((frame.capture_time - self._last_capture) / tb))
-            jumped = not self._copy_pts and pts is not None and \
-                (pts - self._last_pts) * tb > capture_step * tb + MAX_PTS_JUMP_SECONDS
-            if pts is None:
-                pts = self._last_pts + frame_step(self._fps, tb)
-            elif pts <= self._last_pts or jumped:
-                pts = self._last_pts + capture_step
-                if frame.pts is not None and not self._copy_pts:
-                    # Re-anchor so later frames continue from here on the source's own clock.
-                    self._pts_origin = round(frame.pts * Fraction(frame.time_base) / tb) - pts
+        """The frame's pts in the stream time base, strictly increasing (live: the first frame at 0)."""
+        assert self._clock is not None
+        seconds = frame.seconds
+        if not self._copy_pts and seconds is not None and self._last_seconds is not None:
+            last_seconds, last_capture = self._last_seconds
+            if seconds - last_seconds > frame.capture_time - last_capture + MAX_PTS_JUMP_SECONDS:
+                self._clock.restart()  # far ahead of the capture clock: a source restart, not real timing
+        if seconds is not None:
+            self._last_seconds = (seconds, frame.capture_time)
+        if frame.pts is None and self._clock.last is None:
+            pts = self._clock.map(0, self._time_base)
+        else:
+            pts = self._clock.map(frame.pts, frame.time_base)
         assert pts is not None
-        self._last_pts, self._last_capture = pts, frame.capture_time
-        return pts
+        if self._copy_pts:
+            return pts
+        if self._pts_origin is None:
+            self._pts_origin = pts
+        return pts - self._pts_origin
 
     # -- closing -------------------------------------------------------------------------------------
 

@@ -39,7 +39,8 @@ def open_source(
     spec = spec.strip()
     if not spec:
         raise SourceError(f"empty source: use one of {SUPPORTED}")
-    from streamer.sources import av_source
+    from streamer.sources.files import FileSource, PipeSource, RealtimeFileSource
+    from streamer.sources.network import NETWORK_SCHEMES, NetworkSource
 
     common = {"width": width, "height": height, "stream_id": stream_id}
     live = {**common, "timeout": timeout}
@@ -54,13 +55,13 @@ def open_source(
 
         return WebcamSource(spec, fps=fps, **live)
     if spec in ("-", "pipe:", "pipe:0"):  # standard input; other pipes are given by their FIFO path
-        return av_source.PipeSource(spec, **live)
+        return PipeSource(spec, **live)
 
     scheme = _SCHEME.match(spec)
     if scheme and not _WINDOWS_DRIVE.match(spec) and not os.path.exists(spec):
         name = scheme.group("scheme").lower()
-        if name in av_source.NETWORK_SCHEMES:
-            return av_source.NetworkSource(spec, transport=transport, **live)
+        if name in NETWORK_SCHEMES:
+            return NetworkSource(spec, transport=transport, **live)
         if name != "file":
             raise SourceError(f"unsupported source {spec!r} (scheme {name}:); use one of: {SUPPORTED}")
         spec = re.sub(r"^file:(//)?", "", spec, flags=re.IGNORECASE)
@@ -72,12 +73,12 @@ def open_source(
     except OSError as exc:
         raise SourceError(f"cannot read {spec}: {exc.strerror}") from None
     if stat.S_ISFIFO(mode):
-        return av_source.PipeSource(spec, **live)
+        return PipeSource(spec, **live)
     if stat.S_ISDIR(mode):
         raise SourceError(f"{spec} is a folder; give a video file inside it")
     if realtime:
-        return av_source.RealtimeFileSource(spec, loop=loop, **live)
-    return av_source.FileSource(spec, loop=loop, **common)
+        return RealtimeFileSource(spec, loop=loop, **live)
+    return FileSource(spec, loop=loop, **common)
 
 
 def _test_source(match: re.Match[str], width: int | None, height: int | None, fps: float | None) -> Source:

@@ -1,21 +1,20 @@
-"""A local camera through OpenCV, read by a latest-frame-wins thread that reopens it when it drops out."""
+"""A local camera through OpenCV, read by the threaded source (latest frame wins, reopened with backoff
+when it drops out): this module says only how to open the camera and read a frame."""
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import sys
-import time
+from collections.abc import Iterator
+from fractions import Fraction
 from typing import Any
 
 import cv2
 import numpy as np
 
-from streamer.sources.av_source import BACKOFF_FIRST_S, BACKOFF_MAX_S, CLOCK_TIME_BASE, ThreadedSource
 from streamer.sources.base import SourceError
-
-log = logging.getLogger(__name__)
+from streamer.sources.threaded import CLOCK_TIME_BASE, ThreadedSource, clock_pts
 
 
 def camera_backends() -> list[int]:
@@ -51,7 +50,7 @@ def parse_device(spec: str) -> tuple[int | str, str]:
 class WebcamSource(ThreadedSource):
     """A camera: ``webcam:N`` or ``/dev/videoN``; asks for width, height, fps and MJPG where offered.
 
-    See :class:`~streamer.sources.av_source.ThreadedSource` for the ``read(timeout)`` contract. A camera
+    See :class:`~streamer.sources.threaded.ThreadedSource` for the ``read(timeout)`` contract. A camera
     that stops delivering (unplugged, taken by another app) is reopened with backoff; ``reconnects``
     counts the reopenings.
     """
@@ -72,7 +71,7 @@ class WebcamSource(ThreadedSource):
             raise SourceError(f"no camera at {path}: the device does not exist; {list_devices_hint()}")
         super().open()
 
-    def _capture(self) -> cv2.VideoCapture:
+    def _connect(self, first: bool) -> cv2.VideoCapture:
         for backend in camera_backends():
             capture = cv2.VideoCapture(self.device, backend)
             if capture.isOpened():
@@ -93,42 +92,18 @@ class WebcamSource(ThreadedSource):
         capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the driver's queue would add latency
         self._fps = capture.get(cv2.CAP_PROP_FPS) or self.requested_fps
 
-    def _run(self) -> None:
-        backoff = BACKOFF_FIRST_S
-        ever_received = False
+    def _frames(self, capture: cv2.VideoCapture) -> Iterator[tuple[Any, int | None, Fraction]]:
         while not self._stop.is_set():
-            try:
-                capture = self._capture()
-            except SourceError as exc:
-                if not ever_received:
-                    raise
-                log.warning("%s; retrying in %.1f s", exc, backoff)
-            else:
-                received_here = False
-                try:
-                    while not self._stop.is_set():
-                        ok, image = capture.read()
-                        if not ok:
-                            break
-                        if ever_received and not received_here:
-                            self.reconnects += 1
-                            log.warning("%s: camera back (%d reconnects)", self.name, self.reconnects)
-                        received_here = ever_received = True
-                        backoff = BACKOFF_FIRST_S
-                        self._publish(image, self._clock_pts(), CLOCK_TIME_BASE)
-                finally:
-                    capture.release()
-                if self._stop.is_set():
-                    return
-                if not ever_received:
-                    raise SourceError(f"camera {self.name} opened but delivered no frame; {list_devices_hint()}")
-                log.warning("%s: camera stopped delivering frames; reopening in %.1f s", self.name, backoff)
-            if self._sleep(backoff):
-                return
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
+            ok, image = capture.read()
+            if not ok:
+                raise SourceError("the camera stopped delivering frames")
+            yield image, clock_pts(), CLOCK_TIME_BASE
 
-    def _clock_pts(self) -> int:
-        return int(time.monotonic() * 1_000_000)
+    def _disconnect(self, capture: cv2.VideoCapture) -> None:
+        capture.release()
+
+    def _no_frame_message(self, reason: str) -> str:
+        return f"camera {self.name} opened but delivered no frame; {list_devices_hint()}"
 
     def _to_rgb(self, raw: np.ndarray) -> np.ndarray:
         image = cv2.cvtColor(raw, cv2.COLOR_BGR2RGB)
