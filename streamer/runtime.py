@@ -195,6 +195,7 @@ class Runtime:
                     out = self.worker.submit(frame).result()
                 except Exception as exc:  # noqa: BLE001 - a failed frame is skipped; many in a row end the run
                     failures += 1
+                    self.stats.failed()
                     log.error("the model failed on frame %d: %s", frame.index, exc)
                     if failures >= MAX_MODEL_FAILURES:
                         raise PipelineError(f"the model failed on {failures} frames in a row: {exc}") from None
