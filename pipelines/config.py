@@ -91,6 +91,9 @@ class PipelineConfig(BaseModel):
     compile_batch_sizes: list[int] = Field(
         default_factory=lambda: [1, 4], min_length=1,
         description="batch sizes compiled at start-up; a batch is padded up to the next one, larger ones run eagerly")
+    compile_cache_dir: str | None = Field(
+        None, description="folder that keeps compiled code between starts (TORCHINDUCTOR_CACHE_DIR, when set, "
+        "wins); None = torch's default, a temporary folder")
     smoothing: SmoothingConfig = Field(default_factory=SmoothingConfig)
 
     @model_validator(mode="after")

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 from pipelines.config import PipelineConfig
 from pipelines.presets import DEFAULT_PRESET, build_config, preset_names, read_yaml
+
+# Where compiled model code is kept between starts (pipelines choose no folder of their own).
+COMPILE_CACHE_DIR = Path.home() / ".cache" / "streamer" / "inductor"
+
+
+def say(message: str) -> None:
+    """What a pipeline reports while it starts (compiling), printed as one of the CLI's own lines."""
+    print(f"streamer: {message}", file=sys.stderr, flush=True)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -87,6 +96,8 @@ def pipeline_config_from_args(args: argparse.Namespace, section: str = "pipeline
     if getattr(args, "smoothing", None) is not None:
         overrides["smoothing"] = {"enabled": args.smoothing == "on"}
     config = build_config(preset, overrides, labels)
+    if config.compile_cache_dir is None:
+        config = config.model_copy(update={"compile_cache_dir": str(COMPILE_CACHE_DIR)})
     if config.device != "auto" and config.family != "passthrough":
         from pipelines.loading import resolve_device
 

@@ -395,7 +395,7 @@ def test_reading_params_does_not_wait_for_a_change_in_progress() -> None:
 
 @pytest.mark.slow
 def test_tiny_model_runs_live(tmp_path: Path) -> None:
-    from pipelines.presets import load_pipeline
+    from pipelines import load_pipeline
 
     stats = RunStats()
     worker = GpuWorker(load_pipeline("tiny"), on_batch=stats.batch)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.presets import read_yaml
-from streamer.config import add_pipeline_args, parse_size, pipeline_config_from_args
+from streamer.config import add_pipeline_args, parse_size, pipeline_config_from_args, say
 from streamer.outputs import add_overwrite_argument, check_output
 from streamer.server.auth import add_access_arguments, allowed_host_names, token_from_args
 from streamer.stop_signals import EXIT_STATUS_HELP, StopOnSignals
@@ -151,11 +151,11 @@ def run(args: argparse.Namespace) -> int:
     source = open_source(spec, width=pick("width"), height=pick("height"), fps=pick("fps"),
                          realtime=bool(pick("realtime", False)), loop=bool(pick("loop", False)),
                          transport=pick("transport", "tcp"), timeout=float(pick("timeout", 5.0)))
-    from pipelines.presets import load_pipeline
+    from pipelines import load_pipeline
 
     # The model loads before the source opens: a camera or a --realtime file would otherwise run (and count
     # drops) through a load that can take many seconds. Bad specs were refused above, before the load.
-    pipeline = load_pipeline(config)
+    pipeline = load_pipeline(config, on_progress=say)
     source.open()
     _warn_audio_left_out(source, sinks)
     try:

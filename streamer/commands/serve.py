@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from streamer.config import add_pipeline_args, pipeline_config_from_args
+from streamer.config import add_pipeline_args, pipeline_config_from_args, say
 from streamer.server.auth import add_access_arguments, token_from_args
 
 
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     )
     options.check()  # before loading a model: a bad flag should fail in a second, not after a download
 
-    from pipelines.presets import load_pipeline
+    from pipelines import load_pipeline
     from streamer.control import initial_params
 
     config = pipeline_config_from_args(args)
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     largest = min(args.max_batch, args.max_sessions + (1 if args.source else 0))
     if config.compile != "off" and max(config.compile_batch_sizes) < largest:
         config = config.model_copy(update={"compile_batch_sizes": sorted({*config.compile_batch_sizes, largest})})
-    pipeline = load_pipeline(config)
+    pipeline = load_pipeline(config, on_progress=say)
     source = None
     if args.source:
         from streamer.sources import open_source
