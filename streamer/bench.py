@@ -20,7 +20,8 @@ import torch
 from pipelines.compiled import enable_compile, should_compile, speed_up_modules, warm_up
 from pipelines.config import PipelineConfig
 from pipelines.lcm_img2img import StreamPipeline
-from pipelines.loading import ModelComponents, quiet_libraries, resolve_device, resolve_dtype
+from pipelines.loading import ModelComponents, resolve_device, resolve_dtype
+from pipelines.quiet import quiet_libraries
 from pipelines.random_models import is_sdxl, random_components
 from pipelines.schedules import img2img_inference_steps
 
