@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from pipelines.config import PipelineConfig
 from pipelines.errors import PipelineError
-from pipelines.frames import check_frames
+from pipelines.frames import FramePipeline, check_frames
 from pipelines.loading import ModelComponents, load_components
 from pipelines.schedules import check_schedule, predict_original
 from pipelines.stream_state import StreamParams, StreamState
@@ -27,7 +27,7 @@ from pipelines.transfers import HostToDevice, PendingFrames
 log = logging.getLogger(__name__)
 
 
-class StreamPipeline(StreamParams):
+class StreamPipeline(StreamParams, FramePipeline):
     """Frames in, stylized frames out. ``pipe(frames, stream_ids)``; ``pipe.update(stream_id, prompt=...)``
     (per-stream state and live changes: pipelines/stream_state.py)."""
 

@@ -101,3 +101,24 @@ def test_pipelines_modules_form_no_import_circle_and_never_import_streamer() -> 
 
     for module in graph:
         visit(module, ())
+
+
+def test_every_pipeline_implements_the_frame_pipeline_protocol() -> None:
+    """Callers (the GPU worker, the file job) call submit/result and prepare_thread without probing."""
+    import numpy as np
+
+    from pipelines import load_pipeline
+    from pipelines.frames import FramePipeline
+
+    frames = np.random.default_rng(1).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    for preset, overrides in (("passthrough", {}), ("tiny", {"device": "cpu"}),
+                              ("analytic", {"device": "cpu", "width": 64, "height": 64})):
+        pipe = load_pipeline(preset, **overrides)
+        assert isinstance(pipe, FramePipeline), preset
+        pipe.prepare_thread()
+        pending = pipe.submit(frames, ["a", "b"])
+        out = pending.result()
+        assert pending.done() and out.dtype == np.uint8 and out.shape == frames.shape, preset
+        assert np.array_equal(out, pipe(frames, ["a", "b"])), preset
+        pipe.update("a", seed=5)
+        pipe.remove_stream("a")

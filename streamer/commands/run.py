@@ -216,7 +216,7 @@ def _run_opened(args: argparse.Namespace, source: Any, sinks: list, config: Any,
 
 def _warn_audio_left_out(source: Any, sinks: list) -> None:
     """`run` carries video only: say so when a file with sound is recorded into a file."""
-    files = [sink.target for sink in sinks if getattr(sink, "target", None) and not getattr(sink, "is_network", True)]
+    files = [sink.file for sink in sinks if sink.file]
     if getattr(source, "audio_streams", 0) and files:
         print(f"streamer: warning: run records video only, so {', '.join(files)} will have no sound; "
               f"`streamer file {source.path} OUT` keeps the audio", file=sys.stderr)
