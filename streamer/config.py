@@ -52,10 +52,40 @@ class RunSection(BaseModel):
     crf: int | None = None
 
 
+class ServerSection(BaseModel):
+    """``server:`` of a setup (``streamer serve``): what is given; the defaults are ServerOptions' own."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    host: str | None = None
+    port: int | None = None
+    insecure: bool = False
+    allow_hosts: list[str] | None = None
+    max_sessions: int | None = None
+    max_viewers: int | None = None
+    idle_timeout: float | None = None
+    connect_timeout: float | None = None
+    max_batch: int | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    source: str | None = None  # a server-side source shown at /watch
+    ice_servers: list[str] | None = None
+    ice_username: str | None = None
+    ice_credential: str | None = None
+    ice_addresses: list[str] | None = None
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for ServerOptions: the settings given (the rest keep its defaults)."""
+        return self.model_dump(exclude_none=True, exclude={"source"})
+
+
 # Where a setup's settings come from on the command line: section field -> the flag's dest in argparse.
 SOURCE_FLAGS = {"spec": "source", "width": "width", "height": "height", "fps": "fps", "realtime": "realtime",
                 "loop": "loop", "transport": "transport", "timeout": "timeout"}
 RUN_FLAGS = {name: name for name in RunSection.model_fields}
+SERVER_FLAGS = {**{name: name for name in ServerSection.model_fields}, "allow_hosts": "allow_host",
+                "ice_servers": "ice_server", "ice_addresses": "ice_address"}
+FLAGS_OF = {"source": SOURCE_FLAGS, "run": RUN_FLAGS, "server": SERVER_FLAGS}
 SECTIONS = ("source", "sinks", "run", "server", "pipeline")
 
 
@@ -68,7 +98,7 @@ class SetupConfig(BaseModel):
     source: SourceSection = Field(default_factory=SourceSection)
     sinks: list[str] | None = None
     run: RunSection = Field(default_factory=RunSection)
-    server: dict[str, Any] = Field(default_factory=dict)  # read by `serve` flags only, for now
+    server: ServerSection = Field(default_factory=ServerSection)
     pipeline: dict[str, Any] = Field(default_factory=dict)  # preset + PipelineConfig fields: pipeline_config()
 
     @model_validator(mode="before")
@@ -113,23 +143,28 @@ class SetupConfig(BaseModel):
         except ValidationError as exc:
             raise ValueError(f"{path}: {explain(exc, cls)}") from None
 
-    def with_flags(self, args: argparse.Namespace) -> SetupConfig:
-        """This setup with the flags given on the command line on top (a flag left out is None or False).
-        Checked whole; a bad value is named by its flag when a flag gave it, else by its place in the file."""
-        sections: dict[str, Any] = {}
+    def with_flags(self, args: argparse.Namespace, sections: tuple[str, ...] = ("source", "sinks", "run")
+                   ) -> SetupConfig:
+        """This setup with the flags of ``sections`` given on the command line on top (a flag left out is None,
+        False or empty). Checked whole; a bad value is named by its flag when a flag gave it, else by its place
+        in the file."""
+        merged: dict[str, Any] = {}
         labels: dict[str, str] = {}
-        for section, flags in (("source", SOURCE_FLAGS), ("run", RUN_FLAGS)):
+        for section in (name for name in sections if name in FLAGS_OF):
+            flags = FLAGS_OF[section]
             model = getattr(self, section)
             values = model.model_dump(exclude_unset=True)
             for name, dest in flags.items():
                 given = getattr(args, dest, None)
                 # A switch that is off (store_true's False) was not given; --no-progress's False was.
-                if given is not None and not (given is False and type(model).model_fields[name].default is False):
+                if given is not None and given != [] and not (
+                        given is False and type(model).model_fields[name].default is False):
                     values[name] = given
                     labels[f"{section}.{name}"] = "--" + dest.replace("_", "-")
-            sections[section] = values
-        sinks = getattr(args, "sink", None) or self.sinks
-        data = {**self.model_dump(exclude_unset=True), **sections, "sinks": sinks}
+            merged[section] = values
+        if "sinks" in sections and getattr(args, "sink", None):
+            merged["sinks"] = args.sink
+        data = {**self.model_dump(exclude_unset=True), **merged}
         try:
             return SetupConfig.model_validate(data)
         except ValidationError as exc:
@@ -159,8 +194,10 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", default=None, metavar="NAME",
                    help=f"model preset (default {DEFAULT_PRESET}); one of: {', '.join(preset_names())}")
     g.add_argument("--config", type=Path, default=None, metavar="FILE",
-                   help="YAML file of settings; its 'pipeline' section (or the whole file) overrides the preset, "
-                        "and flags given here override the file (a --preset flag wins over its 'preset:')")
+                   help="YAML setup file (configs/setups/): its 'pipeline' section (or the whole file) overrides "
+                        "the preset; 'source', 'sinks', 'run' (streamer run) and 'server' (streamer serve) "
+                        "sections hold those flags' settings; flags given here override the file (a --preset "
+                        "flag wins over its 'preset:')")
     g.add_argument("--prompt", default=None, metavar="TEXT", help="what the video should look like")
     g.add_argument("--negative-prompt", default=None, metavar="TEXT",
                    help="what it should not (families that use it)")

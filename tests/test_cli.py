@@ -311,3 +311,29 @@ def test_a_bad_setup_is_one_line_naming_the_file_or_the_flag(tmp_path: Path, tex
     (tmp_path / "setup.yaml").write_text(text)
     line = one_error_line(streamer("run", "--config", "setup.yaml", "--preset", "passthrough", *flags, cwd=tmp_path))
     assert line.endswith(message), line
+
+
+def test_serve_reads_a_server_section_and_its_flags_win(tmp_path: Path) -> None:
+    """`serve` takes the same setup files: a 'server:' section, flags on top, ServerOptions' own defaults."""
+    from streamer.cli import build_parser
+    from streamer.config import SetupConfig
+    from streamer.server.app import ServerOptions
+
+    setup = tmp_path / "serve.yaml"
+    setup.write_text("server: {port: 9001, max_sessions: 2, ice_servers: ['stun:127.0.0.1:3478'], source: testsrc}\n"
+                     "pipeline: {preset: passthrough}\n")
+    parser = build_parser()
+    from_file = SetupConfig.read(setup).with_flags(parser.parse_args(["serve", "--config", str(setup)]),
+                                                   ("server",)).server
+    options = ServerOptions(**from_file.options())
+    assert (options.port, options.max_sessions, options.ice_servers) == (9001, 2, ["stun:127.0.0.1:3478"])
+    assert from_file.source == "testsrc"
+    assert (options.host, options.max_viewers, options.max_batch) == (ServerOptions.host, ServerOptions.max_viewers,
+                                                                     ServerOptions.max_batch)
+    flagged = SetupConfig.read(setup).with_flags(parser.parse_args(
+        ["serve", "--config", str(setup), "--port", "0", "--max-sessions", "3", "--ice-server", "stun:127.0.0.1:1"]),
+        ("server",)).server
+    assert (flagged.port, flagged.max_sessions, flagged.ice_servers) == (0, 3, ["stun:127.0.0.1:1"])
+    setup.write_text("server: {prot: 9001}\n")
+    line = one_error_line(streamer("serve", "--config", str(setup), cwd=tmp_path))
+    assert line.endswith("serve.yaml: unknown setting 'server.prot'; did you mean port?"), line
