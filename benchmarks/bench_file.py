@@ -52,7 +52,7 @@ def main() -> int:
     parser.add_argument("--smoothing", choices=["on", "off"], default="on")
     args = parser.parse_args()
     if args.preset:
-        from pipelines.presets import load_pipeline
+        from pipelines import load_pipeline
 
         started = time.perf_counter()
         pipeline = load_pipeline(args.preset, device=args.device, smoothing={"enabled": args.smoothing == "on"},

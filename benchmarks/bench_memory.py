@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from pipelines.presets import load_pipeline
+from pipelines import load_pipeline
 from streamer.config import parse_size
 
 

@@ -40,7 +40,7 @@ def time_smoother(width: int, height: int, device: str, dtype: torch.dtype, fram
 
 
 def time_frame_step(preset: str, smoothing: bool, frames: int) -> tuple[float, int, int]:
-    from pipelines.presets import load_pipeline
+    from pipelines import load_pipeline
     from streamer.eval.clips import moving_clip
 
     pipe = load_pipeline(preset, smoothing={"enabled": smoothing, "max_skip": 0})

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from pipelines.presets import load_pipeline  # noqa: E402
+from pipelines import load_pipeline  # noqa: E402
 
 FAILED: list[str] = []
 

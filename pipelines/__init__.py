@@ -13,7 +13,7 @@ def __getattr__(name: str):
 
         return StreamPipeline
     if name == "load_pipeline":
-        from pipelines.presets import load_pipeline
+        from pipelines.factory import load_pipeline
 
         return load_pipeline
     raise AttributeError(name)

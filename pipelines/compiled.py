@@ -3,9 +3,10 @@
 Each of the three seams of StreamPipeline (VAE encode, UNet, VAE decode) is replaced by a ``CompiledCall``.
 Compiled code and CUDA graphs want fixed shapes, so a call pads its batch up to the nearest of the
 configured batch sizes (``compile_batch_sizes``) and slices the result back; a batch above the largest size
-runs eagerly. Everything is compiled at start-up (``warm_up``), one message per batch size, and inductor's
-cache lives in ~/.cache/streamer/inductor so the next start is fast. If compiling fails, the call says so
-once and runs eagerly from then on.
+runs eagerly. Everything is compiled at start-up (``warm_up``), one progress message per batch size (to the
+caller's ``progress`` callback, else the log), and inductor's cache lives in the folder the caller passes
+(``PipelineConfig.compile_cache_dir``) so the next start is fast. If compiling fails, the call logs one
+warning and runs eagerly from then on.
 
 torch.compile's CUDA graph trees keep per-thread state, which torch before 2.13 made only on the importing
 thread (pytorch#123177). The thread that will run frames (the GPU worker) calls ``prepare_thread`` before
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -29,13 +29,15 @@ import torch
 
 log = logging.getLogger(__name__)
 
-CACHE_DIR = Path.home() / ".cache" / "streamer" / "inductor"
 
 
-def use_cache_dir() -> str:
-    """Keep compiled code in CACHE_DIR (it outlives /tmp, torch's default) unless the user chose a folder
-    with TORCHINDUCTOR_CACHE_DIR. Torch writes its default into that variable the first time it asks."""
+def use_cache_dir(folder: str | Path | None) -> str | None:
+    """Keep compiled code in ``folder`` (the caller's choice: one that outlives /tmp, torch's default) unless
+    the user chose a folder with TORCHINDUCTOR_CACHE_DIR. Torch writes its default into that variable the
+    first time it asks. Returns the folder in use (None: torch's default, not asked yet)."""
     current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if folder is None:
+        return current
     try:
         from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
@@ -43,7 +45,7 @@ def use_cache_dir() -> str:
     except ImportError:
         torch_default = None
     if current is None or os.path.abspath(current) == torch_default:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = current = str(CACHE_DIR)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = current = str(folder)
     return current
 
 
@@ -167,10 +169,12 @@ class CompiledCall:
 
 
 def enable_compile(pipe: Any, sizes: list[int], *, backend: str = "inductor",
-                   progress: Callable[[str], None] | None = None, warm: bool = True) -> float:
+                   progress: Callable[[str], None] | None = None, warm: bool = True,
+                   cache_dir: str | Path | None = None) -> float:
     """Replace the pipeline's model calls by compiled ones and, with ``warm``, compile them for every batch
-    size now. Returns the seconds it took."""
-    use_cache_dir()
+    size now, saying how far it got to ``progress`` (else the log). Compiled code is kept in ``cache_dir``
+    (None: TORCHINDUCTOR_CACHE_DIR or torch's default). Returns the seconds it took."""
+    use_cache_dir(cache_dir)
     _raise_recompile_limit(8 * len(sizes) + 8)
     device = pipe.device
     warned: list[str] = []
@@ -191,25 +195,22 @@ def enable_compile(pipe: Any, sizes: list[int], *, backend: str = "inductor",
     if not warm:
         return 0.0
     seconds = warm_up(pipe, sizes, progress=progress)
-    (progress or _stderr)(f"streamer: frame step {'running eagerly' if warned else 'compiled'} after "
-                          f"{seconds:.1f} s of warm-up")
+    (progress or log.info)(f"frame step {'running eagerly' if warned else 'compiled'} after "
+                           f"{seconds:.1f} s of warm-up")
     return seconds
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def warm_up(pipe: Any, sizes: list[int], progress: Callable[[str], None] | None = None) -> float:
     """Run one batch of every size through the frame step, so compiling happens now and not on air."""
     import numpy as np
 
-    say = progress or _stderr
+    say = progress or log.info
     started = time.perf_counter()
     for size in sorted(set(sizes)):
         t0 = time.perf_counter()
-        say(f"streamer: compiling the frame step for batch {size} (first start only; cached in "
-            f"{os.environ.get('TORCHINDUCTOR_CACHE_DIR', CACHE_DIR)})...")
+        cached = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        say(f"compiling the frame step for batch {size} (first start only"
+            + (f"; cached in {cached})..." if cached else ")..."))
         frames = np.zeros((size, pipe.config.height, pipe.config.width, 3), np.uint8)
         ids = [f"__warmup_{i}" for i in range(size)]
         # On CUDA the first call compiles, the second records the CUDA graphs, the third replays them.
@@ -217,7 +218,7 @@ def warm_up(pipe: Any, sizes: list[int], progress: Callable[[str], None] | None 
             pipe(frames, ids)
         for stream_id in ids:
             pipe.remove_stream(stream_id)
-        say(f"streamer: batch {size} ready in {time.perf_counter() - t0:.1f} s")
+        say(f"batch {size} ready in {time.perf_counter() - t0:.1f} s")
     warmed = getattr(pipe, "warmed_threads", None)
     if warmed is not None and set(sizes) >= set(getattr(pipe, "compiled_sizes", [])):
         warmed.add(threading.get_ident())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from annotated_types import Ge, Gt, Le, Lt, MaxLen
 from pydantic import (
@@ -91,6 +91,9 @@ class PipelineConfig(BaseModel):
     compile_batch_sizes: list[int] = Field(
         default_factory=lambda: [1, 4], min_length=1,
         description="batch sizes compiled at start-up; a batch is padded up to the next one, larger ones run eagerly")
+    compile_cache_dir: str | None = Field(
+        None, description="folder that keeps compiled code between starts (TORCHINDUCTOR_CACHE_DIR, when set, "
+        "wins); None = torch's default, a temporary folder")
     smoothing: SmoothingConfig = Field(default_factory=SmoothingConfig)
 
     @model_validator(mode="after")
@@ -184,11 +187,14 @@ def describe(field: FieldInfo) -> str | None:
             most = item.max_length
         elif isinstance(item, StringConstraints) and item.max_length is not None:
             most = item.max_length
-    if field.annotation is str:
+    annotation = field.annotation
+    if type(None) in get_args(annotation) and len(get_args(annotation)) == 2:  # optional: what it is when given
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+    if annotation is str:
         return "text" if most is None else f"text of at most {most} characters"
-    if field.annotation not in (int, float):
+    if annotation not in (int, float):
         return None
-    kind = "a whole number" if field.annotation is int else "a number"
+    kind = "a whole number" if annotation is int else "a number"
     metadata = {type(item) for item in field.metadata}
     if Ge in metadata and Le in metadata:
         return f"{kind} from {lower.removeprefix('at least ')} to {upper.removeprefix('at most ')}"

@@ -14,6 +14,27 @@ DEFAULT_STREAM = "default"
 LIVE_PARAMS = tuple(LiveParams.model_fields)
 
 
+class PendingResult(Protocol):
+    """What ``FramePipeline.submit`` hands back: the frames of one call, perhaps still on their way."""
+
+    def done(self) -> bool: ...
+
+    def result(self) -> np.ndarray: ...
+
+
+class ReadyFrames:
+    """A PendingResult whose frames are already here (a pipeline that computes on the calling thread)."""
+
+    def __init__(self, frames: np.ndarray) -> None:
+        self.frames = frames
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> np.ndarray:
+        return self.frames
+
+
 @runtime_checkable
 class FramePipeline(Protocol):
     """uint8 RGB frames (N, H, W, 3) in, the same shape out; one entry of ``stream_ids`` per frame.
@@ -21,6 +42,11 @@ class FramePipeline(Protocol):
     Each stream keeps its own prompt, seed, noise and temporal state, so frames of several streams can
     share one call. ``update`` changes a stream's parameters live (prompt, strength, seed, ...): it reads
     them with ``LiveParams.parse`` and applies all of them or none (ValueError if refused).
+
+    ``submit`` queues a call and returns without waiting where the pipeline can (on a GPU); its ``result()``
+    waits. ``prepare_thread`` is called on the thread that will run frames, before its first one. A class
+    that names FramePipeline as its base gets both: ``submit`` as a plain call, ``prepare_thread`` doing
+    nothing.
     """
 
     def __call__(self, frames: np.ndarray, stream_ids: Sequence[str] | None = None) -> np.ndarray: ...
@@ -28,6 +54,12 @@ class FramePipeline(Protocol):
     def update(self, stream_id: str = DEFAULT_STREAM, **params: Any) -> None: ...
 
     def remove_stream(self, stream_id: str) -> None: ...
+
+    def submit(self, frames: np.ndarray, stream_ids: Sequence[str] | None = None) -> PendingResult:
+        return ReadyFrames(self(frames, stream_ids))
+
+    def prepare_thread(self) -> None:
+        return None
 
 
 def check_frames(frames: object, stream_ids: Sequence[str] | None) -> list[str]:

@@ -9,67 +9,27 @@ state, so one UNet call serves frames of several streams.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.config import LiveParams, PipelineConfig, SmoothingConfig
+from pipelines.config import PipelineConfig
 from pipelines.errors import PipelineError
-from pipelines.frames import DEFAULT_STREAM, check_frames
+from pipelines.frames import FramePipeline, check_frames
 from pipelines.loading import ModelComponents, load_components
-from pipelines.schedules import StepScalars, build_schedule, check_schedule, predict_original
+from pipelines.schedules import check_schedule, predict_original
+from pipelines.stream_state import StreamParams, StreamState
 from pipelines.transfers import HostToDevice, PendingFrames
 
 log = logging.getLogger(__name__)
 
 
-
-@dataclass
-class PromptEmbeddings:
-    cond: torch.Tensor  # (1, L, D)
-    uncond: torch.Tensor | None = None  # for classifier-free guidance
-    pooled: torch.Tensor | None = None  # SDXL
-    uncond_pooled: torch.Tensor | None = None
-
-    def lerp(self, other: PromptEmbeddings, weight: float) -> PromptEmbeddings:
-        def mix(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
-            return None if a is None or b is None else torch.lerp(a, b, weight)
-
-        return PromptEmbeddings(mix(self.cond, other.cond), mix(self.uncond, other.uncond),
-                                mix(self.pooled, other.pooled), mix(self.uncond_pooled, other.uncond_pooled))
-
-
-@dataclass
-class StreamState:
-    """Everything one stream keeps between frames."""
-
-    prompt: str
-    negative_prompt: str
-    strength: float
-    num_inference_steps: int
-    guidance_scale: float
-    seed: int
-    smoothing: SmoothingConfig
-    schedule: list[StepScalars] = field(default_factory=list)
-    # The schedule as one device tensor (steps, 7): timestep, alpha, sigma, c_out, c_skip, next_alpha,
-    # next_sigma. Made when the schedule changes, so a frame step stacks rows instead of copying numbers in.
-    step_table: torch.Tensor | None = None
-    guidance_row: torch.Tensor | None = None  # (2,): guidance scale, 1.0 where it means no CFG
-    noise: torch.Tensor | None = None  # (steps, C, h, w): initial noise, then LCM's between-step noise
-    embeds: PromptEmbeddings | None = None
-    blend_from: PromptEmbeddings | None = None  # the old prompt while a new one fades in
-    blend_target: PromptEmbeddings | None = None
-    blend_done: int = 0
-    guidance_embedding: torch.Tensor | None = None  # LCM's w embedding (1, D)
-    smoother: Any = None
-
-
-class StreamPipeline:
-    """Frames in, stylized frames out. ``pipe(frames, stream_ids)``; ``pipe.update(stream_id, prompt=...)``."""
+class StreamPipeline(StreamParams, FramePipeline):
+    """Frames in, stylized frames out. ``pipe(frames, stream_ids)``; ``pipe.update(stream_id, prompt=...)``
+    (per-stream state and live changes: pipelines/stream_state.py)."""
 
     def __init__(self, components: ModelComponents, config: PipelineConfig) -> None:
         self.components = components
@@ -101,21 +61,27 @@ class StreamPipeline:
 
     # ---- construction -------------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: PipelineConfig) -> StreamPipeline:
+    def from_config(cls, config: PipelineConfig, *,
+                    on_progress: Callable[[str], None] | None = None) -> StreamPipeline:
+        """Load the models and, when compiling, compile now; ``on_progress`` hears how far that got (else
+        the log: pipelines print nothing)."""
         from pipelines.compiled import enable_compile, should_compile, speed_up_modules
 
         pipe = cls(load_components(config), config)
         speed_up_modules(pipe.unet, pipe.vae, pipe.device, fuse_qkv=config.fuse_qkv,
                          channels_last=config.channels_last)
         if should_compile(config.compile, pipe.device):
-            enable_compile(pipe, config.compile_batch_sizes)
+            enable_compile(pipe, config.compile_batch_sizes, progress=on_progress,
+                           cache_dir=config.compile_cache_dir)
         return pipe
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> StreamPipeline:
+    def from_preset(cls, name: str, *, on_progress: Callable[[str], None] | None = None,
+                    **overrides: Any) -> StreamPipeline:
+        """A preset (pipelines/preset_files) with PipelineConfig fields on top, e.g. ``device="cuda"``."""
         from pipelines.presets import build_config
 
-        return cls.from_config(build_config(name, overrides))
+        return cls.from_config(build_config(name, overrides), on_progress=on_progress)
 
     @classmethod
     def from_pretrained(cls, model_id: str, *, family: str = "lcm", **settings: Any) -> StreamPipeline:
@@ -127,115 +93,6 @@ class StreamPipeline:
         from pipelines.compiled import prepare_thread
 
         prepare_thread(self)
-
-    # ---- per-stream parameters ----------------------------------------------------------------------
-    def stream(self, stream_id: str = DEFAULT_STREAM) -> StreamState:
-        state = self.streams.get(stream_id)
-        if state is None:
-            state = self.streams[stream_id] = self._new_stream()
-        return state
-
-    def _new_stream(self) -> StreamState:
-        c = self.config
-        state = StreamState(c.prompt, c.negative_prompt, c.strength, c.num_inference_steps,
-                            c.guidance_scale, c.seed, c.smoothing.model_copy())
-        self._rebuild(state, prompt=True, schedule=True, guidance=True)
-        return state
-
-    def set_prompt(self, prompt: str, negative_prompt: str | None = None,
-                   stream_id: str = DEFAULT_STREAM) -> None:
-        self.update(stream_id, prompt=prompt, **({} if negative_prompt is None else {"negative_prompt": negative_prompt}))
-
-    def update(self, stream_id: str = DEFAULT_STREAM, **params: Any) -> None:
-        """Change a stream's parameters live (LiveParams); a new prompt fades in over ``prompt_blend_frames``
-        frames. All or nothing: checked whole (each value, then the schedule of its steps and strength), and
-        computed on a copy of the stream before any of it is applied; a refused (ValueError) or failed change
-        leaves the stream exactly as it was."""
-        change = LiveParams.parse(params).changes()
-        current = self.streams.get(stream_id)
-        state = replace(current) if current is not None else self._new_stream()
-        before = (state.strength, state.num_inference_steps, state.seed)
-        was_enabled = state.smoothing.enabled
-        for key in ("prompt", "negative_prompt", "strength", "num_inference_steps", "guidance_scale", "seed"):
-            if key in change:
-                setattr(state, key, change[key])
-        if "smoothing" in change:
-            state.smoothing = SmoothingConfig.model_validate({**state.smoothing.model_dump(),
-                                                              **change["smoothing"]})
-        schedule = before != (state.strength, state.num_inference_steps, state.seed)
-        self._rebuild(state, prompt="prompt" in change or "negative_prompt" in change, schedule=schedule,
-                      guidance="guidance_scale" in change, blend=True)
-        # Everything is computed: apply it. The smoother is the one object the copy shares with the stream.
-        if current is None:
-            current = self.streams[stream_id] = state
-        else:
-            for f in fields(StreamState):
-                setattr(current, f.name, getattr(state, f.name))
-        if current.smoother is not None:
-            current.smoother.config = current.smoothing
-            # Never blend with latents made with other noise, or from before smoothing was switched off.
-            if schedule or current.smoothing.enabled != was_enabled:
-                current.smoother.reset()
-
-    def remove_stream(self, stream_id: str) -> None:
-        self.streams.pop(stream_id, None)
-
-    def _rebuild(self, state: StreamState, *, prompt: bool = False, schedule: bool = False,
-                 guidance: bool = False, blend: bool = False) -> None:
-        if schedule:  # build_schedule first: it refuses steps and strength that make no schedule
-            state.schedule = build_schedule(self.scheduler, steps=state.num_inference_steps,
-                                            strength=state.strength, img2img_semantics=self.img2img_semantics,
-                                            original_inference_steps=self.config.original_inference_steps)
-            h, w = self.config.height // self.vae_scale, self.config.width // self.vae_scale
-            # Drawn in the order diffusers' pipelines draw them from a generator with this seed: the
-            # initial noise, then LCM's noise between steps. The same every frame: fixed per-stream noise.
-            gen = torch.Generator("cpu").manual_seed(state.seed)
-            # Kept in float32, the precision the step's arithmetic runs in (drawn in the model's dtype).
-            state.noise = torch.cat([
-                torch.randn((1, self.latent_channels, h, w), generator=gen, dtype=self.dtype)
-                for _ in state.schedule]).to(self.device, torch.float32)
-            state.step_table = torch.tensor(
-                [[p.timestep, p.alpha, p.sigma, p.c_out, p.c_skip, p.next_alpha, p.next_sigma]
-                 for p in state.schedule], dtype=torch.float32).to(self.device)
-        if prompt:
-            new = self._encode_prompt(state.prompt, state.negative_prompt)
-            if blend and state.embeds is not None and self.config.prompt_blend_frames > 1:
-                state.blend_from, state.blend_target, state.blend_done = state.embeds, new, 0
-            else:
-                state.embeds, state.blend_from, state.blend_target = new, None, None
-        if guidance or state.guidance_row is None:
-            g = state.guidance_scale
-            state.guidance_row = torch.tensor([g, 1.0 if g <= 1.0 else 0.0], dtype=torch.float32).to(self.device)
-            dim = getattr(self.unet.config, "time_cond_proj_dim", None)
-            pipe = self.components.prompt_pipe
-            if dim is not None and pipe is not None:
-                w = torch.tensor([state.guidance_scale - 1.0])
-                state.guidance_embedding = pipe.get_guidance_scale_embedding(w, embedding_dim=dim).to(
-                    self.device, self.dtype)
-
-    @torch.no_grad()
-    def _encode_prompt(self, prompt: str, negative_prompt: str) -> PromptEmbeddings:
-        pipe = self.components.prompt_pipe
-        if pipe is None:  # the analytic model has no text encoder
-            return PromptEmbeddings(torch.zeros((1, 1, 1), device=self.device, dtype=self.dtype))
-        neg = negative_prompt or None
-        if self.components.sdxl:
-            cond, uncond, pooled, uncond_pooled = pipe.encode_prompt(
-                prompt=prompt, device=self.device, num_images_per_prompt=1,
-                do_classifier_free_guidance=self.uses_cfg, negative_prompt=neg)
-            return PromptEmbeddings(cond, uncond, pooled, uncond_pooled)
-        cond, uncond = pipe.encode_prompt(prompt, self.device, 1, self.uses_cfg, negative_prompt=neg)
-        return PromptEmbeddings(cond, uncond)
-
-    def _advance_prompt_blend(self, state: StreamState) -> None:
-        """One frame further into a prompt change: the embedding moves 1/prompt_blend_frames of the way."""
-        if state.blend_target is not None:
-            state.blend_done += 1
-            weight = state.blend_done / self.config.prompt_blend_frames
-            if weight >= 1.0:
-                state.embeds, state.blend_from, state.blend_target = state.blend_target, None, None
-            else:
-                state.embeds = state.blend_from.lerp(state.blend_target, weight)
 
     # ---- the frame step -----------------------------------------------------------------------------
     def __call__(self, frames: np.ndarray, stream_ids: Sequence[str] | None = None,
@@ -320,15 +177,6 @@ class StreamPipeline:
             if skip[i]:
                 out[i] = smoothers[i].previous_output()
         return out
-
-    def _smoother(self, state: StreamState) -> Any:
-        if not state.smoothing.enabled:
-            return None
-        if state.smoother is None:
-            from pipelines.smoothing import StreamSmoother
-
-            state.smoother = StreamSmoother(state.smoothing)
-        return state.smoother
 
     # The three model calls, tensors in and out: the seams pipelines/compiled.py replaces with compiled
     # versions (padded to fixed batch sizes) on CUDA.

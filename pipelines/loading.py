@@ -17,6 +17,7 @@ import torch
 
 from pipelines.config import PipelineConfig
 from pipelines.errors import PipelineError
+from pipelines.quiet import quiet_libraries
 
 log = logging.getLogger(__name__)
 
@@ -173,16 +174,6 @@ def _swap_scheduler(pipe: Any, family: str) -> Any:
     if family == "turbo" and not isinstance(pipe.scheduler, EulerDiscreteScheduler):
         return EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
     return pipe.scheduler
-
-
-def quiet_libraries() -> None:
-    """diffusers' and transformers' import- and load-time chatter (torchvision hints, dtype notes) is not for
-    our users; errors still raise. Call before importing diffusers' pipeline classes."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
 
 
 def load_components(config: PipelineConfig) -> ModelComponents:

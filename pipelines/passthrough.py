@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 
 from pipelines.config import LiveParams
-from pipelines.frames import DEFAULT_STREAM, check_frames
+from pipelines.frames import DEFAULT_STREAM, FramePipeline, check_frames
 
 
-class PassthroughPipeline:
+class PassthroughPipeline(FramePipeline):
     """``delay`` (seconds per call) stands in for a model's time, to measure the runtime behind a slow model."""
 
     def __init__(self, delay: float = 0.0) -> None:

@@ -1,4 +1,7 @@
-"""Named presets (pipelines/preset_files/*.yaml, shipped as package data) -> PipelineConfig -> a ready pipeline."""
+"""Named presets (pipelines/preset_files/*.yaml, shipped as package data) -> PipelineConfig.
+
+A config becomes a pipeline in pipelines/factory.py (``load_pipeline``).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,6 @@ from pydantic import ValidationError
 
 from pipelines.config import PipelineConfig, explain
 from pipelines.errors import PipelineError
-from pipelines.frames import FramePipeline
 
 PRESETS_DIR = Path(__file__).resolve().parent / "preset_files"
 DEFAULT_PRESET = "lcm-dreamshaper"
@@ -58,18 +60,3 @@ def build_config(preset: str | None = None, overrides: dict[str, Any] | None = N
         labelled = ".".join(str(p) for p in exc.errors()[0]["loc"]) in (labels or {})
         raise PipelineError(message if labelled or message.startswith("unknown") else f"bad setting: {message}") \
             from None
-
-
-def load_pipeline(config: PipelineConfig | str | None = None, **overrides: Any) -> FramePipeline:
-    """A preset name or a config -> a pipeline ready to take frames."""
-    if config is None or isinstance(config, str):
-        config = build_config(config, overrides)
-    elif overrides:
-        config = config.model_copy(update=overrides)
-    if config.family == "passthrough":
-        from pipelines.passthrough import PassthroughPipeline
-
-        return PassthroughPipeline()
-    from pipelines.lcm_img2img import StreamPipeline
-
-    return StreamPipeline.from_config(config)

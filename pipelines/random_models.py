@@ -9,6 +9,7 @@ import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+from pipelines.quiet import quiet_libraries
 from pipelines.tiny import (
     clip_text_encoder,
     lcm_scheduler,
@@ -32,8 +33,6 @@ def random_components(size: str, *, dtype: torch.dtype = torch.float32, seed: in
     UNet with the guidance embedding) or ``StableDiffusionXLImg2ImgPipeline(**c)`` (SDXL sizes: two text
     encoders, pooled embeddings, size conditioning), with the full VAE, plus ``taesd``: a tiny autoencoder
     of the matching family. ``init_device="meta"`` builds the architecture without any weights."""
-    from pipelines.loading import quiet_libraries
-
     if size not in SIZES:
         raise ValueError(f"unknown model size {size!r}; choose one of {', '.join(SIZES)}")
     quiet_libraries()

@@ -1,13 +1,174 @@
-"""CLI options shared by every command that runs a model, turned into a PipelineConfig."""
+"""Setups: a --config YAML file read once into pydantic sections (source, sinks, run, pipeline), with the
+command's flags on top; and the CLI options shared by every command that runs a model, turned into a
+PipelineConfig. A section's defaults are written once, in its model; a flag left out is None (not given)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pipelines.config import PipelineConfig
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipelines.config import PipelineConfig, explain
 from pipelines.presets import DEFAULT_PRESET, build_config, preset_names, read_yaml
+
+# Where compiled model code is kept between starts (pipelines choose no folder of their own).
+COMPILE_CACHE_DIR = Path.home() / ".cache" / "streamer" / "inductor"
+
+
+def say(message: str) -> None:
+    """What a pipeline reports while it starts (compiling), printed as one of the CLI's own lines."""
+    print(f"streamer: {message}", file=sys.stderr, flush=True)
+
+
+class SourceSection(BaseModel):
+    """``source:`` of a setup: a spec such as ``testsrc`` or a mapping of these."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    spec: str | None = None
+    width: int | None = Field(None, gt=0)
+    height: int | None = Field(None, gt=0)
+    fps: float | None = Field(None, gt=0)
+    realtime: bool = False
+    loop: bool = False
+    transport: Literal["tcp", "udp"] = "tcp"
+    timeout: float = Field(5.0, gt=0, description="seconds to wait when connecting to a network source")
+
+
+class RunSection(BaseModel):
+    """``run:`` of a setup."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    duration: float | None = Field(None, gt=0)
+    stats: Path | None = None
+    control_port: int = Field(0, ge=0, le=65535)
+    progress: bool | None = None  # None: when stderr is a terminal
+    codec: str | None = None
+    crf: int | None = None
+
+
+class ServerSection(BaseModel):
+    """``server:`` of a setup (``streamer serve``): what is given; the defaults are ServerOptions' own."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    host: str | None = None
+    port: int | None = None
+    insecure: bool = False
+    allow_hosts: list[str] | None = None
+    max_sessions: int | None = None
+    max_viewers: int | None = None
+    idle_timeout: float | None = None
+    connect_timeout: float | None = None
+    max_batch: int | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    source: str | None = None  # a server-side source shown at /watch
+    ice_servers: list[str] | None = None
+    ice_username: str | None = None
+    ice_credential: str | None = None
+    ice_addresses: list[str] | None = None
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for ServerOptions: the settings given (the rest keep its defaults)."""
+        return self.model_dump(exclude_none=True, exclude={"source"})
+
+
+# Where a setup's settings come from on the command line: section field -> the flag's dest in argparse.
+SOURCE_FLAGS = {"spec": "source", "width": "width", "height": "height", "fps": "fps", "realtime": "realtime",
+                "loop": "loop", "transport": "transport", "timeout": "timeout"}
+RUN_FLAGS = {name: name for name in RunSection.model_fields}
+SERVER_FLAGS = {**{name: name for name in ServerSection.model_fields}, "allow_hosts": "allow_host",
+                "ice_servers": "ice_server", "ice_addresses": "ice_address"}
+FLAGS_OF = {"source": SOURCE_FLAGS, "run": RUN_FLAGS, "server": SERVER_FLAGS}
+SECTIONS = ("source", "sinks", "run", "server", "pipeline")
+
+
+class SetupConfig(BaseModel):
+    """A setup file: ``source``, ``sinks``, ``run`` and ``pipeline`` sections (configs/setups/). A file
+    without ``pipeline:`` holds pipeline settings at its top level (``preset: tiny``, ``prompt: ...``)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    source: SourceSection = Field(default_factory=SourceSection)
+    sinks: list[str] | None = None
+    run: RunSection = Field(default_factory=RunSection)
+    server: ServerSection = Field(default_factory=ServerSection)
+    pipeline: dict[str, Any] = Field(default_factory=dict)  # preset + PipelineConfig fields: pipeline_config()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        if "sink" in data and "sinks" not in data:
+            data["sinks"] = data.pop("sink")
+        if "pipeline" not in data:  # pipeline settings at the top level
+            data["pipeline"] = {k: data.pop(k) for k in list(data) if k not in SECTIONS}
+        for name in ("run", "server", "pipeline"):
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"spec": value}
+        if value is not None and not isinstance(value, Mapping):
+            raise ValueError("'source' must be a spec such as testsrc or a mapping with 'spec'")
+        return value or {}
+
+    @field_validator("sinks", mode="before")
+    @classmethod
+    def _sinks(cls, value: Any) -> Any:
+        value = [value] if isinstance(value, str) else value
+        if value is not None and (not isinstance(value, list) or not all(isinstance(s, str) for s in value)):
+            raise ValueError("'sinks' must be a list of sink specs such as [out.mp4, virtualcam]")
+        return value
+
+    @classmethod
+    def read(cls, path: Path | None) -> SetupConfig:
+        """The setup in ``path`` (None: an empty setup); one line naming the file when it is wrong."""
+        if path is None:
+            return cls()
+        try:
+            return cls.model_validate(read_yaml(path))
+        except ValidationError as exc:
+            raise ValueError(f"{path}: {explain(exc, cls)}") from None
+
+    def with_flags(self, args: argparse.Namespace, sections: tuple[str, ...] = ("source", "sinks", "run")
+                   ) -> SetupConfig:
+        """This setup with the flags of ``sections`` given on the command line on top (a flag left out is None,
+        False or empty). Checked whole; a bad value is named by its flag when a flag gave it, else by its place
+        in the file."""
+        merged: dict[str, Any] = {}
+        labels: dict[str, str] = {}
+        for section in (name for name in sections if name in FLAGS_OF):
+            flags = FLAGS_OF[section]
+            model = getattr(self, section)
+            values = model.model_dump(exclude_unset=True)
+            for name, dest in flags.items():
+                given = getattr(args, dest, None)
+                # A switch that is off (store_true's False) was not given; --no-progress's False was.
+                if given is not None and given != [] and not (
+                        given is False and type(model).model_fields[name].default is False):
+                    values[name] = given
+                    labels[f"{section}.{name}"] = "--" + dest.replace("_", "-")
+            merged[section] = values
+        if "sinks" in sections and getattr(args, "sink", None):
+            merged["sinks"] = args.sink
+        data = {**self.model_dump(exclude_unset=True), **merged}
+        try:
+            return SetupConfig.model_validate(data)
+        except ValidationError as exc:
+            raise ValueError(explain(exc, SetupConfig, labels=labels)) from None
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -33,8 +194,10 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", default=None, metavar="NAME",
                    help=f"model preset (default {DEFAULT_PRESET}); one of: {', '.join(preset_names())}")
     g.add_argument("--config", type=Path, default=None, metavar="FILE",
-                   help="YAML file of settings; its 'pipeline' section (or the whole file) overrides the preset, "
-                        "and flags given here override the file (a --preset flag wins over its 'preset:')")
+                   help="YAML setup file (configs/setups/): its 'pipeline' section (or the whole file) overrides "
+                        "the preset; 'source', 'sinks', 'run' (streamer run) and 'server' (streamer serve) "
+                        "sections hold those flags' settings; flags given here override the file (a --preset "
+                        "flag wins over its 'preset:')")
     g.add_argument("--prompt", default=None, metavar="TEXT", help="what the video should look like")
     g.add_argument("--negative-prompt", default=None, metavar="TEXT",
                    help="what it should not (families that use it)")
@@ -57,19 +220,16 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
                         "the first start compiles for a minute or more, later starts use the cache)")
 
 
-def pipeline_config_from_args(args: argparse.Namespace, section: str = "pipeline") -> PipelineConfig:
-    """The preset, then the --config file's settings, then the flags: the later wins. Checked before anything
-    loads, in the flags' own terms (a bad --device fails here, not after the model has loaded)."""
-    overrides: dict[str, Any] = {}
-    preset = getattr(args, "preset", None)
+def pipeline_config_from_args(args: argparse.Namespace, setup: SetupConfig | None = None) -> PipelineConfig:
+    """The preset, then the --config file's pipeline settings, then the flags: the later wins. Checked before
+    anything loads, in the flags' own terms (a bad --device fails here, not after the model has loaded).
+    ``setup``: the --config file already read (else it is read here)."""
+    if setup is None:
+        setup = SetupConfig.read(getattr(args, "config", None))
+    overrides: dict[str, Any] = dict(setup.pipeline)
     labels: dict[str, str] = {}
-    if getattr(args, "config", None) is not None:
-        data = read_yaml(args.config)
-        data = data.get(section, data) if section in data else data
-        data = {k: v for k, v in data.items() if k not in ("source", "sources", "sink", "sinks", "run", "server")}
-        file_preset = data.pop("preset", None)
-        preset = preset or file_preset
-        overrides.update(data)
+    file_preset = overrides.pop("preset", None)
+    preset = getattr(args, "preset", None) or file_preset
     for key in ("prompt", "negative_prompt", "strength", "num_inference_steps", "guidance_scale", "seed",
                 "device", "dtype"):
         value = getattr(args, key, None)
@@ -87,6 +247,8 @@ def pipeline_config_from_args(args: argparse.Namespace, section: str = "pipeline
     if getattr(args, "smoothing", None) is not None:
         overrides["smoothing"] = {"enabled": args.smoothing == "on"}
     config = build_config(preset, overrides, labels)
+    if config.compile_cache_dir is None:
+        config = config.model_copy(update={"compile_cache_dir": str(COMPILE_CACHE_DIR)})
     if config.device != "auto" and config.family != "passthrough":
         from pipelines.loading import resolve_device
 

@@ -351,14 +351,12 @@ def _stylize(pipeline: FramePipeline, summary: FileJobSummary, inbox: queue.Queu
 def _submit(pipeline: FramePipeline, items: list[Any], stream_id: str) -> Any:
     images = np.stack([item.image for item in items if isinstance(item, Frame)])
     ids = [stream_id] * len(images)
-    submit = getattr(pipeline, "submit", None)
-    return (submit(images, ids) if submit is not None else pipeline(images, ids)), images.shape
+    return pipeline.submit(images, ids), images.shape
 
 
 def _collect(submitted: Any, items: list[Any]) -> list[Any]:
     handle, shape = submitted
-    # ``submit`` hands back something with ``result()``; a plain pipeline call, the frames themselves.
-    result = handle.result() if hasattr(handle, "result") else handle
+    result = handle.result()
     if not isinstance(result, np.ndarray) or result.shape != shape or result.dtype != np.uint8:
         found = getattr(result, "shape", type(result).__name__)
         raise ValueError(f"the pipeline returned {found} for frames of shape {shape}; "

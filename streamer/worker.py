@@ -126,12 +126,10 @@ class GpuWorker:
 
     def _run(self) -> None:
         try:
-            prepare = getattr(self.pipeline, "prepare_thread", None)
-            if prepare is not None:  # e.g. record this thread's CUDA graphs before the first frame
-                try:
-                    prepare()
-                except Exception as exc:  # noqa: BLE001 - frames still run, only the first ones slower
-                    log.warning("preparing the GPU worker thread failed (%s); going on", exc)
+            try:  # e.g. record this thread's CUDA graphs before the first frame
+                self.pipeline.prepare_thread()
+            except Exception as exc:  # noqa: BLE001 - frames still run, only the first ones slower
+                log.warning("preparing the GPU worker thread failed (%s); going on", exc)
             while (taken := self._take()) is not None:
                 controls, batch = taken
                 for fn, args, kwargs, fut in controls:

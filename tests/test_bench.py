@@ -36,7 +36,7 @@ def test_quick_bench_json(tmp_path):
 
 
 def test_spread_warning_reads_the_rows():
-    from streamer.bench import WIDE_SPREAD, spread_warning
+    from pipelines.bench import WIDE_SPREAD, spread_warning
 
     steady = {"iterations": 20, "rows": [{"spread": 0.05}, {"spread": WIDE_SPREAD / 2}]}
     assert spread_warning(steady) is None

@@ -249,3 +249,91 @@ def test_a_virtual_camera_held_by_another_program_is_called_busy_and_the_program
     finally:
         holder.kill()
         holder.wait(10)
+
+
+RUN_FLAGS = ["--source", "testsrc:96x64@30", "--sink", "flag.mkv", "--source-size", "96x64", "--fps", "12",
+             "--transport", "udp", "--timeout", "2", "--duration", "0.5", "--stats", "flag.json",
+             "--no-progress", "--control-port", "0", "--codec", "libx264", "--crf", "30"]
+
+
+@pytest.mark.parametrize("setup", sorted(p.name for p in SETUPS.glob("*.yaml")))
+def test_every_flag_wins_over_each_setup_file_and_the_file_fills_the_rest(setup: str) -> None:
+    """One config style: the file's sections read once into pydantic sections, each flag given on top."""
+    from streamer.cli import build_parser
+    from streamer.config import SetupConfig
+
+    path = SETUPS / setup
+    parser = build_parser()
+    from_file = SetupConfig.read(path)
+    plain = from_file.with_flags(parser.parse_args(["run", "--config", str(path)]))
+    assert plain == from_file  # no flags: exactly the file, defaults from the sections' models
+    assert plain.source.spec and plain.sinks
+    args = parser.parse_args(["run", "--config", str(path), *RUN_FLAGS])
+    args.width, args.height = args.source_size
+    given = from_file.with_flags(args)
+    assert given.source.model_dump() == {"spec": "testsrc:96x64@30", "width": 96, "height": 64, "fps": 12.0,
+                                         "realtime": from_file.source.realtime, "loop": from_file.source.loop,
+                                         "transport": "udp", "timeout": 2.0}
+    assert given.sinks == ["flag.mkv"]
+    assert given.run.model_dump() == {"duration": 0.5, "stats": Path("flag.json"), "control_port": 0,
+                                      "progress": False, "codec": "libx264", "crf": 30}
+    assert given.pipeline == from_file.pipeline
+
+
+def test_the_sections_hold_the_defaults_and_argparse_none(tmp_path: Path) -> None:
+    """A default is written once: in the section's model. argparse says only 'not given' (None/False)."""
+    from streamer.cli import build_parser
+    from streamer.config import SOURCE_FLAGS, RunSection, SetupConfig, SourceSection
+
+    args = build_parser().parse_args(["run"])
+    for dest in [*SOURCE_FLAGS.values(), *RunSection.model_fields]:
+        assert getattr(args, dest) in (None, False), dest
+    setup = tmp_path / "setup.yaml"
+    setup.write_text("source: {spec: testsrc, realtime: true, timeout: 9}\nrun: {progress: true}\nsinks: a.mkv\n")
+    resolved = SetupConfig.read(setup).with_flags(build_parser().parse_args(["run", "--no-progress"]))
+    assert resolved.source == SourceSection(spec="testsrc", realtime=True, timeout=9)  # store_true off: the file's
+    assert resolved.run.progress is False and resolved.sinks == ["a.mkv"]
+    assert SetupConfig.read(None).with_flags(args).source.timeout == SourceSection().timeout == 5.0
+
+
+@pytest.mark.parametrize(("text", "flags", "message"), [
+    ("source: {spec: testsrc, fps: -3}\nsinks: [a.mkv]\n", [], "setup.yaml: source.fps must be a number above 0, got -3"),
+    ("source: testsrc\nrun: {durration: 3}\n", [], "setup.yaml: unknown setting 'run.durration'; did you mean duration?"),
+    ("source: [1]\n", [], "setup.yaml: 'source' must be a spec such as testsrc or a mapping with 'spec'"),
+    ("source: testsrc\nsinks: [3]\n", [], "setup.yaml: 'sinks' must be a list of sink specs such as [out.mp4, virtualcam]"),
+    ("source: testsrc\nsinks: [a.mkv]\nrun: {duration: 3}\n", ["--duration", "-2"],
+     "--duration must be a number above 0, got -2.0"),
+    ("source: testsrc\nsinks: [a.mkv]\n", ["--control-port", "70000"],
+     "--control-port must be a whole number from 0 to 65535, got 70000"),
+])
+def test_a_bad_setup_is_one_line_naming_the_file_or_the_flag(tmp_path: Path, text: str, flags: list[str],
+                                                              message: str) -> None:
+    (tmp_path / "setup.yaml").write_text(text)
+    line = one_error_line(streamer("run", "--config", "setup.yaml", "--preset", "passthrough", *flags, cwd=tmp_path))
+    assert line.endswith(message), line
+
+
+def test_serve_reads_a_server_section_and_its_flags_win(tmp_path: Path) -> None:
+    """`serve` takes the same setup files: a 'server:' section, flags on top, ServerOptions' own defaults."""
+    from streamer.cli import build_parser
+    from streamer.config import SetupConfig
+    from streamer.server.app import ServerOptions
+
+    setup = tmp_path / "serve.yaml"
+    setup.write_text("server: {port: 9001, max_sessions: 2, ice_servers: ['stun:127.0.0.1:3478'], source: testsrc}\n"
+                     "pipeline: {preset: passthrough}\n")
+    parser = build_parser()
+    from_file = SetupConfig.read(setup).with_flags(parser.parse_args(["serve", "--config", str(setup)]),
+                                                   ("server",)).server
+    options = ServerOptions(**from_file.options())
+    assert (options.port, options.max_sessions, options.ice_servers) == (9001, 2, ["stun:127.0.0.1:3478"])
+    assert from_file.source == "testsrc"
+    assert (options.host, options.max_viewers, options.max_batch) == (ServerOptions.host, ServerOptions.max_viewers,
+                                                                     ServerOptions.max_batch)
+    flagged = SetupConfig.read(setup).with_flags(parser.parse_args(
+        ["serve", "--config", str(setup), "--port", "0", "--max-sessions", "3", "--ice-server", "stun:127.0.0.1:1"]),
+        ("server",)).server
+    assert (flagged.port, flagged.max_sessions, flagged.ice_servers) == (0, 3, ["stun:127.0.0.1:1"])
+    setup.write_text("server: {prot: 9001}\n")
+    line = one_error_line(streamer("serve", "--config", str(setup), cwd=tmp_path))
+    assert line.endswith("serve.yaml: unknown setting 'server.prot'; did you mean port?"), line

@@ -8,8 +8,8 @@ import logging
 import numpy as np
 import pytest
 
+from pipelines import load_pipeline
 from pipelines.compiled import enable_compile, should_compile
-from pipelines.presets import load_pipeline
 
 
 def frames(n: int) -> np.ndarray:

@@ -27,6 +27,7 @@ from media import (
     write_garbage,
 )
 
+from pipelines.frames import FramePipeline
 from pipelines.passthrough import PassthroughPipeline
 from streamer.file_job import stylize_file
 from streamer.sources.base import SourceError
@@ -40,7 +41,7 @@ def streamer(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[st
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-class InvertPipeline:
+class InvertPipeline(FramePipeline):
     """A FramePipeline that visibly changes pixels; records the batch sizes it saw."""
 
     def __init__(self) -> None:

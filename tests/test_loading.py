@@ -10,9 +10,10 @@ import pytest
 import torch
 from diffusers import LatentConsistencyModelImg2ImgPipeline
 
+from pipelines import load_pipeline
 from pipelines.errors import PipelineError
 from pipelines.lcm_img2img import StreamPipeline
-from pipelines.presets import build_config, load_pipeline, preset_names
+from pipelines.presets import build_config, preset_names
 from pipelines.tiny import tiny_components
 
 

@@ -21,6 +21,7 @@ import pytest
 from av.video.reformatter import Colorspace
 from media import make_clip, probe
 
+from pipelines.frames import FramePipeline
 from streamer.file_job import stylize_file
 from streamer.sinks.av_sink import AvSink
 from streamer.sinks.base import SinkError
@@ -93,7 +94,7 @@ def corner_picture(width: int = 320, height: int = 240) -> np.ndarray:
     return image
 
 
-class Recorder:
+class Recorder(FramePipeline):
     """A pipeline that keeps the shape of what the model was given."""
 
     def __init__(self) -> None:

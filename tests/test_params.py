@@ -25,9 +25,10 @@ from test_pipeline import gradient
 from test_run_cli import start, stop, streamer
 from test_server import run_async
 
+from pipelines import load_pipeline
 from pipelines.config import LiveParams
 from pipelines.errors import PipelineError
-from pipelines.presets import build_config, load_pipeline, read_yaml
+from pipelines.presets import build_config, read_yaml
 from tests.servers import serving
 from tests.webrtc_helpers import open_browser_like
 
@@ -260,7 +261,7 @@ def test_control_port_refuses_a_bad_change_whole_and_takes_the_next(tmp_path: Pa
             time.sleep(0.3)
     finally:
         code, err = stop(process, signal.SIGTERM)
-    assert code == 128 + signal.SIGTERM, err  # a run stopped by a signal
+    assert code == 128 + signal.SIGTERM, err  # a stop by signal exits 128+N (streamer.stop_signals)
     assert "Traceback" not in err
 
 

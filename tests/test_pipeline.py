@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.presets import load_pipeline
+from pipelines import load_pipeline
 
 
 def gradient(h: int, w: int, shift: int = 0) -> np.ndarray:

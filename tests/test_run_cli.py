@@ -123,19 +123,18 @@ def test_setup_file_with_flags_overriding(tmp_path: Path) -> None:
 
 
 def test_example_setups_are_valid() -> None:
-    from streamer.commands.run import _setup_from_file
-    from streamer.config import pipeline_config_from_args
+    from streamer.config import SetupConfig, pipeline_config_from_args
     from streamer.sinks.factory import make_sink
 
     names = sorted(p.name for p in SETUPS.glob("*.yaml"))
     assert {"webcam-to-virtualcam.yaml", "rtsp-to-file-and-preview.yaml", "file-to-network.yaml",
             "testsrc-to-file.yaml"} <= set(names)
     for name in names:
-        setup = _setup_from_file(SETUPS / name)
-        assert setup["spec"] and setup["sinks"], name
+        setup = SetupConfig.read(SETUPS / name)
+        assert setup.source.spec and setup.sinks, name
         args = type("Args", (), {"config": SETUPS / name, "preset": None})()
         pipeline_config_from_args(args)  # the pipeline section is a valid model config
-        for spec in setup["sinks"]:
+        for spec in setup.sinks:
             if spec != "preview":  # no display here
                 make_sink(spec)
 
@@ -145,7 +144,7 @@ def test_example_setups_are_valid() -> None:
     (["--source", "testsrc", "--sink", "out.txt"], "not something streamer can write"),
     (["--source", "testsrc"], "at least one --sink"),
     (["--sink", "out.mp4"], "give a --source"),
-    (["--source", "testsrc", "--sink", "out.mp4", "--duration", "-1"], "--duration must be positive"),
+    (["--source", "testsrc", "--sink", "out.mp4", "--duration", "-1"], "--duration must be a number above 0, got -1"),
     (["--source", "testsrc", "--sink", "out.mp4", "--preset", "nosuch"], "unknown preset"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], words: str) -> None:

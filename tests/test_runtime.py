@@ -272,7 +272,7 @@ def test_frame_slot_replaces_or_blocks() -> None:
 
 @pytest.mark.slow
 def test_tiny_model_runs_live(tmp_path: Path) -> None:
-    from pipelines.presets import load_pipeline
+    from pipelines import load_pipeline
 
     stats = RunStats()
     worker = GpuWorker(load_pipeline("tiny"), on_batch=stats.batch)

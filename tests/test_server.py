@@ -287,7 +287,7 @@ def test_eight_sessions_share_batches() -> None:
 @pytest.mark.slow
 def test_eight_sessions_with_the_tiny_model_batch() -> None:
     """The same with the real (tiny) diffusion model; each session keeps its own stream state."""
-    from pipelines.presets import load_pipeline
+    from pipelines import load_pipeline
 
     pipeline = load_pipeline("tiny", device="cpu")
 

@@ -27,11 +27,13 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pipelines.frames import FramePipeline  # noqa: E402
+
 TIME_BASE = Fraction(1, 90_000)
 BRIGHT, DARK = 200, 40
 
 
-class InvertingPipeline:
+class InvertingPipeline(FramePipeline):
     """A FramePipeline whose effect is obvious after VP8: strength 1 inverts, 0.5 gives flat grey; a prompt
     containing "red" keeps only the red channel. ``delay`` seconds per call stand in for a model's time."""
 

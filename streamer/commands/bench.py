@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+from typing import TextIO
 
 from streamer.config import parse_size
 
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.loading import resolve_device
 
     resolve_device(args.device)  # a bad --device fails now, not after diffusers and the models have loaded
-    from streamer.bench import print_table, run_bench, spread_warning, write_json
+    from pipelines.bench import run_bench, spread_warning
 
     if args.preset:
         from pipelines.presets import build_config
@@ -93,3 +95,24 @@ def run(args: argparse.Namespace) -> int:
     if warning:
         print(f"streamer: warning: {warning}", file=sys.stderr)
     return 0
+
+
+def write_json(result: dict, path: Path) -> None:
+    """Whole or not at all: a run killed mid-write keeps the previous rows (streamer.outputs.write_text)."""
+    from streamer.outputs import write_text
+
+    write_text(path, json.dumps(result, indent=2) + "\n")
+
+
+def print_table(result: dict, stream: TextIO = sys.stdout) -> None:
+    m = result["machine"]
+    print(f"# {result['model_size']} components, {result['resolution']}x{result['resolution']}, "
+          f"{result['dtype']}, on {m['device']} ({m['cpu_count']} CPUs), torch {m['torch']}", file=stream)
+    print(f"{'name':<48} {'vae':<6} {'batch':>5} {'steps':>5} {'ms/frame':>10} {'fps':>8} {'vs diffusers':>12} "
+          f"{'UNet TFLOP/s':>12} {'peak MB':>8}", file=stream)
+    for r in result["rows"]:
+        ratio = "" if r["ratio_vs_diffusers"] is None else f"{r['ratio_vs_diffusers']:.2f}x"
+        tflops = "" if r.get("unet_tflops") is None else f"{r['unet_tflops']:.3g}"
+        peak = "" if r.get("peak_memory_mb") is None else f"{r['peak_memory_mb']:.0f}"
+        print(f"{r['name']:<48} {r['vae']:<6} {r['batch']:>5} {r['steps']:>5} {r['ms_per_frame']:>10.2f} "
+              f"{r['fps']:>8.2f} {ratio:>12} {tflops:>12} {peak:>8}".rstrip(), file=stream)

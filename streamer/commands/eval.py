@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from streamer.config import add_pipeline_args, parse_size, pipeline_config_from_args
+from streamer.config import add_pipeline_args, parse_size, pipeline_config_from_args, say
 
 EPILOG = """examples:
   streamer eval --preset analytic --json eval.json --plot eval.png
@@ -69,7 +69,7 @@ def _measure_files(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_model(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.presets import load_pipeline
+    from pipelines import load_pipeline
     from streamer.eval.clips import CLIP_NAMES, Clip, make_clip, read_clip
     from streamer.eval.run import evaluate_pipeline
 
@@ -86,7 +86,7 @@ def _run_model(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"--clips takes names from {', '.join(CLIP_NAMES)}, got {args.clips!r}")
         width, height = args.clip_size
         clips = [make_clip(n, args.frames, width, height) for n in names]
-    pipe = load_pipeline(config)
+    pipe = load_pipeline(config, on_progress=say)
     return evaluate_pipeline(pipe, clips, config.smoothing.model_dump())
 
 
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     for line in summary_lines(report):
         print(line)
     if args.json is not None:
-        from streamer.bench import write_json
+        from streamer.commands.bench import write_json
 
         args.json.parent.mkdir(parents=True, exist_ok=True)
         write_json(_finite(report), args.json)

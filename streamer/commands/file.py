@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from streamer.config import add_pipeline_args, parse_size, pipeline_config_from_args
+from streamer.config import add_pipeline_args, parse_size, pipeline_config_from_args, say
 from streamer.outputs import add_overwrite_argument, check_output, local_path
 from streamer.stop_signals import EXIT_STATUS_HELP, StopOnSignals
 
@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import threading
 
-    from pipelines.presets import load_pipeline
+    from pipelines import load_pipeline
     from streamer.file_job import stylize_file
     from streamer.sinks.encoders import check_encoder_preset, video_codec, video_codec_for
 
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         check_encoder_preset(codec, args.encoder_preset)
     config = pipeline_config_from_args(args)
     # Every model call holds --batch frames (the last one padded up to it): the one size worth compiling.
-    pipeline = load_pipeline(config.model_copy(update={"compile_batch_sizes": [args.batch]}))
+    pipeline = load_pipeline(config.model_copy(update={"compile_batch_sizes": [args.batch]}), on_progress=say)
     stop = threading.Event()
     with StopOnSignals(stop.set, "finishing the frames in flight, closing the file") as signals:
         summary = stylize_file(

@@ -14,8 +14,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from pipelines.presets import read_yaml
-from streamer.config import add_pipeline_args, parse_size, pipeline_config_from_args
+from streamer.config import SetupConfig, add_pipeline_args, parse_size, pipeline_config_from_args, say
 from streamer.outputs import add_overwrite_argument, check_output
 from streamer.server.auth import add_access_arguments, allowed_host_names, token_from_args
 from streamer.stop_signals import EXIT_STATUS_HELP, StopOnSignals
@@ -37,10 +36,6 @@ live control: type 'prompt a watercolor', 'strength 0.6', 'seed 3' or 'smoothing
 terminal or with --control-stdin), or POST JSON (Content-Type: application/json) to
 http://127.0.0.1:PORT/params with --control-port (--token, --token-file or $STREAMER_TOKEN to require a token).
 """
-
-SOURCE_KEYS = ("spec", "width", "height", "fps", "realtime", "loop", "transport", "timeout")
-RUN_KEYS = ("duration", "stats", "control_port", "progress", "codec", "crf")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -80,92 +75,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_pipeline_args(parser)
 
 
-def _setup_from_file(path: Path | None) -> dict[str, Any]:
-    """The source/sinks/run sections of a setup file (its pipeline section is read by the model config)."""
-    if path is None:
-        return {}
-    data = read_yaml(path)
-    setup: dict[str, Any] = {}
-    source = data.get("source")
-    if isinstance(source, str):
-        setup["spec"] = source
-    elif isinstance(source, dict):
-        unknown = sorted(set(source) - set(SOURCE_KEYS))
-        if unknown:
-            raise ValueError(f"{path}: unknown source setting {unknown[0]!r}; known: {', '.join(SOURCE_KEYS)}")
-        setup.update(source)
-    elif source is not None:
-        raise ValueError(f"{path}: 'source' must be a spec such as testsrc or a mapping with 'spec'")
-    sinks = data.get("sinks", data.get("sink"))
-    if sinks is not None:
-        sinks = [sinks] if isinstance(sinks, str) else sinks
-        if not isinstance(sinks, list) or not all(isinstance(s, str) for s in sinks):
-            raise ValueError(f"{path}: 'sinks' must be a list of sink specs such as [out.mp4, virtualcam]")
-        setup["sinks"] = sinks
-    run = data.get("run") or {}
-    if not isinstance(run, dict) or set(run) - set(RUN_KEYS):
-        raise ValueError(f"{path}: 'run' may hold: {', '.join(RUN_KEYS)}")
-    setup.update(run)
-    return setup
-
-
-def _positive(name: str, value: float | None) -> None:
-    if value is not None and value <= 0:
-        raise ValueError(f"--{name} must be positive, got {value:g}")
-
-
 def run(args: argparse.Namespace) -> int:
     from streamer.sinks.factory import make_sinks
     from streamer.sources import open_source
 
-    setup = _setup_from_file(args.config)
     if args.source_size is not None:
         args.width, args.height = args.source_size
-
-    def pick(name: str, default: Any = None) -> Any:
-        value = getattr(args, name, None)
-        if value is None or value is False:
-            value = setup.get(name, default)
-        return default if value is None else value
-
-    spec = args.source or setup.get("spec")
-    if not spec:
+    file_setup = SetupConfig.read(args.config)  # the YAML, read once
+    setup = file_setup.with_flags(args)
+    src, opts = setup.source, setup.run
+    if not src.spec:
         raise ValueError("give a --source (webcam:0, rtsp://..., a file, testsrc) or 'source:' in --config")
-    sink_specs = args.sink or setup.get("sinks")
-    for name in ("duration", "width", "height", "fps", "timeout"):
-        _positive(name, pick(name))
-    control_port = int(pick("control_port", 0))
-    if not 0 <= control_port <= 65535:
-        raise ValueError(f"--control-port must be 0-65535, got {control_port}")
-    token, token_file, allow_hosts = (getattr(args, name, None) for name in ("token", "token_file", "allow_host"))
+    spec = src.spec
+    control_port = opts.control_port
+    token, token_file, allow_hosts = args.token, args.token_file, args.allow_host
     if not control_port and (token is not None or token_file is not None or allow_hosts):
         raise ValueError("--token, --token-file and --allow-host protect the control port; add --control-port N")
     args.control_token = token_from_args(token, token_file) if control_port else None
     args.allow_host = allowed_host_names(allow_hosts or [])
-    config = pipeline_config_from_args(args)
-    if pick("stats"):
-        check_output(pick("stats"), inputs=[spec], overwrite=args.overwrite, what="--stats")
+    config = pipeline_config_from_args(args, file_setup)
+    if opts.stats:
+        check_output(opts.stats, inputs=[spec], overwrite=args.overwrite, what="--stats")
 
-    av_options = {k: v for k, v in (("codec", pick("codec")), ("crf", pick("crf"))) if v is not None}
-    sinks = make_sinks(list(sink_specs or []), overwrite=args.overwrite, inputs=[spec], **av_options)
-    source = open_source(spec, width=pick("width"), height=pick("height"), fps=pick("fps"),
-                         realtime=bool(pick("realtime", False)), loop=bool(pick("loop", False)),
-                         transport=pick("transport", "tcp"), timeout=float(pick("timeout", 5.0)))
-    from pipelines.presets import load_pipeline
+    av_options = {k: v for k, v in (("codec", opts.codec), ("crf", opts.crf)) if v is not None}
+    sinks = make_sinks(list(setup.sinks or []), overwrite=args.overwrite, inputs=[spec], **av_options)
+    source = open_source(spec, width=src.width, height=src.height, fps=src.fps, realtime=src.realtime,
+                         loop=src.loop, transport=src.transport, timeout=src.timeout)
+    from pipelines import load_pipeline
 
     # The model loads before the source opens: a camera or a --realtime file would otherwise run (and count
     # drops) through a load that can take many seconds. Bad specs were refused above, before the load.
-    pipeline = load_pipeline(config)
+    pipeline = load_pipeline(config, on_progress=say)
     source.open()
     _warn_audio_left_out(source, sinks)
     try:
-        return _run_opened(args, source, sinks, config, pipeline, pick, control_port)
+        return _run_opened(args, source, sinks, config, pipeline, setup)
     finally:
         source.close()
 
 
-def _run_opened(args: argparse.Namespace, source: Any, sinks: list, config: Any, pipeline: Any, pick: Any,
-                control_port: int) -> int:
+def _run_opened(args: argparse.Namespace, source: Any, sinks: list, config: Any, pipeline: Any,
+                setup: SetupConfig) -> int:
     from streamer.control import ParamsController, TerminalControl, initial_params
     from streamer.control_http import ControlServer
     from streamer.runtime import Runtime
@@ -173,9 +123,9 @@ def _run_opened(args: argparse.Namespace, source: Any, sinks: list, config: Any,
     from streamer.worker import GpuWorker
 
     stats = RunStats()
-    stats_path = pick("stats")
-    progress = pick("progress") if args.progress is None else args.progress  # --no-progress wins over the file
-    show_progress = sys.stderr.isatty() if progress is None else bool(progress)
+    stats_path, control_port = setup.run.stats, setup.run.control_port
+    progress = setup.run.progress  # --no-progress (False) wins over the file too
+    show_progress = sys.stderr.isatty() if progress is None else progress
     worker = GpuWorker(pipeline, on_batch=stats.batch)
     server = None
     try:
@@ -192,7 +142,7 @@ def _run_opened(args: argparse.Namespace, source: Any, sinks: list, config: Any,
                 sys.stderr.write("\r\x1b[2K" + current.status_line())
                 sys.stderr.flush()
 
-        runtime = Runtime(source, sinks, worker, stats=stats, duration=pick("duration"), fps=pick("fps"),
+        runtime = Runtime(source, sinks, worker, stats=stats, duration=setup.run.duration, fps=setup.source.fps,
                           on_tick=tick)
         with StopOnSignals(runtime.stop, "finishing the frame in flight, closing sinks") as signals:
             try:
@@ -216,7 +166,7 @@ def _run_opened(args: argparse.Namespace, source: Any, sinks: list, config: Any,
 
 def _warn_audio_left_out(source: Any, sinks: list) -> None:
     """`run` carries video only: say so when a file with sound is recorded into a file."""
-    files = [sink.target for sink in sinks if getattr(sink, "target", None) and not getattr(sink, "is_network", True)]
+    files = [sink.file for sink in sinks if sink.file]
     if getattr(source, "audio_streams", 0) and files:
         print(f"streamer: warning: run records video only, so {', '.join(files)} will have no sound; "
               f"`streamer file {source.path} OUT` keeps the audio", file=sys.stderr)

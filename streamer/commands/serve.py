@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from streamer.config import add_pipeline_args, pipeline_config_from_args
+from streamer.config import SetupConfig, add_pipeline_args, pipeline_config_from_args, say
 from streamer.server.auth import add_access_arguments, token_from_args
 
 
@@ -16,30 +16,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "result with WHEP from /whep or add /watch as a Browser Source. Reached by a name other "
                      "than HOST or localhost: add --allow-host NAME.")
     g = parser.add_argument_group("server")
-    g.add_argument("--host", default="127.0.0.1",
+    g.add_argument("--host", default=None,
                    help="address to listen on (default 127.0.0.1; another address needs --token or --insecure)")
-    g.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 = any free port)")
+    g.add_argument("--port", type=int, default=None, help="TCP port (default 8080; 0 = any free port)")
     add_access_arguments(g, "signalling, controls and /metrics")
     g.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without --token")
-    g.add_argument("--max-sessions", type=int, default=4, metavar="N",
+    g.add_argument("--max-sessions", type=int, default=None, metavar="N",
                    help="most stylized streams at once (browser + WHIP); more get 503 (default 4)")
-    g.add_argument("--max-viewers", type=int, default=32, metavar="N", help="most WHEP / /watch viewers at once (default 32)")
-    g.add_argument("--idle-timeout", type=float, default=10.0, metavar="SECONDS",
+    g.add_argument("--max-viewers", type=int, default=None, metavar="N", help="most WHEP / /watch viewers at once (default 32)")
+    g.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS",
                    help="close a session whose peer sent no frame (a viewer: answered no ICE consent "
                         "check) for this many seconds (default 10)")
-    g.add_argument("--connect-timeout", type=float, default=15.0, metavar="SECONDS",
+    g.add_argument("--connect-timeout", type=float, default=None, metavar="SECONDS",
                    help="close a session whose peer has not connected this many seconds after its offer, "
                         "freeing its slot (default 15)")
-    g.add_argument("--max-batch", type=int, default=8, metavar="N", help="most frames in one model call (default 8)")
+    g.add_argument("--max-batch", type=int, default=None, metavar="N", help="most frames in one model call (default 8)")
     g.add_argument("--cert", type=Path, default=None, help="TLS certificate (PEM) for HTTPS")
     g.add_argument("--key", type=Path, default=None, help="TLS private key (PEM) for HTTPS")
     g.add_argument("--source", default=None,
                    help="a server-side source (rtsp://..., a file, testsrc) stylized once and shown at /watch")
-    g.add_argument("--ice-server", action="append", default=[], metavar="URL",
+    g.add_argument("--ice-server", action="append", default=None, metavar="URL",
                    help="STUN/TURN server, repeatable (stun:host:3478, turn:host:3478); default none")
     g.add_argument("--ice-username", default=None, metavar="NAME", help="username for the TURN servers")
     g.add_argument("--ice-credential", default=None, metavar="PASSWORD", help="password for the TURN servers")
-    g.add_argument("--ice-address", action="append", default=[], metavar="ADDR",
+    g.add_argument("--ice-address", action="append", default=None, metavar="ADDR",
                    help="offer ICE host candidates only on this address, repeatable (e.g. 127.0.0.1 for "
                         "peers on this machine: loopback is otherwise left out)")
     add_pipeline_args(parser)
@@ -48,32 +48,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from streamer.server.app import ServerOptions, run_server
 
-    options = ServerOptions(
-        host=args.host, port=args.port, token=token_from_args(args.token, args.token_file),
-        insecure=args.insecure, allow_hosts=args.allow_host,
-        max_sessions=args.max_sessions, max_viewers=args.max_viewers, idle_timeout=args.idle_timeout,
-        connect_timeout=args.connect_timeout,
-        ice_servers=args.ice_server, ice_username=args.ice_username, ice_credential=args.ice_credential,
-        ice_addresses=args.ice_address, cert=args.cert, key=args.key, max_batch=args.max_batch,
-    )
+    file_setup = SetupConfig.read(args.config)  # the YAML, read once
+    server = file_setup.with_flags(args, ("server",)).server
+    options = ServerOptions(token=token_from_args(args.token, args.token_file), **server.options())
     options.check()  # before loading a model: a bad flag should fail in a second, not after a download
 
-    from pipelines.presets import load_pipeline
+    from pipelines import load_pipeline
     from streamer.control import initial_params
 
-    config = pipeline_config_from_args(args)
+    config = pipeline_config_from_args(args, file_setup)
     options.defaults = initial_params(config)
     # One model call holds at most a frame per session (and one of the server-side source): compile for it.
-    largest = min(args.max_batch, args.max_sessions + (1 if args.source else 0))
+    largest = min(options.max_batch, options.max_sessions + (1 if server.source else 0))
     if config.compile != "off" and max(config.compile_batch_sizes) < largest:
         config = config.model_copy(update={"compile_batch_sizes": sorted({*config.compile_batch_sizes, largest})})
-    pipeline = load_pipeline(config)
+    pipeline = load_pipeline(config, on_progress=say)
     source = None
-    if args.source:
+    if server.source:
         from streamer.sources import open_source
 
         # A file plays at its own rate, over and over: /watch is a live show, not a transcode.
-        source = open_source(args.source, realtime=True, loop=True, stream_id="source")
+        source = open_source(server.source, realtime=True, loop=True, stream_id="source")
         source.open()
     try:
         return run_server(options, pipeline, source)

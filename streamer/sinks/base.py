@@ -20,6 +20,14 @@ class Sink(ABC):
 
     name: str = "sink"
     live: bool = False  # shows frames as they come (window, virtual camera, network): paced by the runtime
+    target: str | None = None  # the file path or URL written; None for a window or a camera device
+    is_network: bool = False  # ``target`` is a URL a peer receives, not a local file
+    stop_requested: bool = False  # the user asked to stop from the sink itself (a preview window closed)
+
+    @property
+    def file(self) -> str | None:
+        """The local file this sink writes, if it writes one."""
+        return self.target if self.target is not None and not self.is_network else None
 
     @abstractmethod
     def open(self, width: int, height: int, fps: float) -> None: ...

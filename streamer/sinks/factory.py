@@ -59,7 +59,7 @@ def make_sinks(specs: list[str], *, overwrite: bool = False, inputs: Sequence[st
     if not specs:
         raise ValueError(f"give at least one --sink: {SINK_HELP}")
     sinks = [make_sink(spec, overwrite=overwrite, inputs=inputs, **av_options) for spec in specs]
-    files = [os.path.realpath(sink.target) for sink in sinks if getattr(sink, "is_network", True) is False]
+    files = [os.path.realpath(sink.file) for sink in sinks if sink.file]
     twice = next((f for f in files if files.count(f) > 1), None)
     if twice is not None:
         raise ValueError(f"the file {twice} is given as a sink more than once; give each file once")
@@ -71,7 +71,4 @@ def _av_sink(target: str, **av_options: Any) -> Sink:
         from streamer.sinks.av_sink import AvSink
     except ImportError as exc:
         raise SinkError(f"file and network output is not available: {exc}") from None
-    sink = AvSink(target, **av_options)
-    if getattr(sink, "name", "sink") == "sink":
-        sink.name = target
-    return sink
+    return AvSink(target, **av_options)

@@ -1,17 +1,17 @@
 """Time the project's frame step against diffusers' LatentConsistencyModelImg2ImgPipeline, in one process,
-on the same random-weight components (no download), the same prompt embeddings, steps and strength."""
+on the same random-weight components (no download), the same prompt embeddings, steps and strength.
+
+The measuring only: `streamer bench` (streamer/commands/bench.py) prints the table and writes the JSON."""
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,9 +20,12 @@ import torch
 from pipelines.compiled import enable_compile, should_compile, speed_up_modules, warm_up
 from pipelines.config import PipelineConfig
 from pipelines.lcm_img2img import StreamPipeline
-from pipelines.loading import ModelComponents, quiet_libraries, resolve_device, resolve_dtype
+from pipelines.loading import ModelComponents, resolve_device, resolve_dtype
+from pipelines.quiet import quiet_libraries
 from pipelines.random_models import is_sdxl, random_components
 from pipelines.schedules import img2img_inference_steps
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -148,7 +151,7 @@ def _machine(device: torch.device) -> dict:
 def run_bench(*, size: str, device_name: str, dtype_name: str, resolution: int, batches: list[int],
               steps_list: list[int], vaes: list[str], strength: float, warmup: int, iterations: int,
               compile_setting: str = "auto", fuse_qkv: str = "auto", channels_last: str = "auto",
-              log: Callable[[str], None] = print, checkpoint: Callable[[dict], None] | None = None) -> dict:
+              log: Callable[[str], None] | None = None, checkpoint: Callable[[dict], None] | None = None) -> dict:
     """diffusers' pipeline at batch 1 with both VAEs, then the project's frame step (eager, and compiled
     where ``compile_setting`` says) with each of ``vaes`` at every batch size and step count. Compiled batch
     sizes are compiled one at a time in the order given, each just before its rows, so a run cut short
@@ -156,7 +159,9 @@ def run_bench(*, size: str, device_name: str, dtype_name: str, resolution: int, 
 
     SD sizes: an LCM checkpoint's UNet (guidance embedding, w = 8) against
     ``LatentConsistencyModelImg2ImgPipeline``. SDXL sizes: LCM-LoRA style (LCMScheduler, img2img timesteps,
-    guidance 1) against ``StableDiffusionXLImg2ImgPipeline``."""
+    guidance 1) against ``StableDiffusionXLImg2ImgPipeline``. ``log`` hears each step and row as it
+    happens (default: the logger; pipelines print nothing)."""
+    log = log or _log.info
     quiet_libraries()  # before diffusers' pipeline classes are imported: they warn at import
     sdxl = is_sdxl(size)
     if sdxl:
@@ -276,23 +281,3 @@ def _format(row: BenchRow) -> str:
         extra += f" (compiled in {row.compile_s:.1f} s)"
     return (f"{row.name:<48} vae={row.vae:<6} batch={row.batch:<3} steps={row.steps} "
             f"{row.ms_per_frame:9.2f} ms/frame {row.fps:8.2f} fps{extra}")
-
-
-def write_json(result: dict, path: Path) -> None:
-    partial = path.with_name(path.name + ".partial")  # a run killed mid-write keeps the previous rows
-    partial.write_text(json.dumps(result, indent=2) + "\n")
-    partial.replace(path)
-
-
-def print_table(result: dict, stream=sys.stdout) -> None:
-    m = result["machine"]
-    print(f"# {result['model_size']} components, {result['resolution']}x{result['resolution']}, "
-          f"{result['dtype']}, on {m['device']} ({m['cpu_count']} CPUs), torch {m['torch']}", file=stream)
-    print(f"{'name':<48} {'vae':<6} {'batch':>5} {'steps':>5} {'ms/frame':>10} {'fps':>8} {'vs diffusers':>12} "
-          f"{'UNet TFLOP/s':>12} {'peak MB':>8}", file=stream)
-    for r in result["rows"]:
-        ratio = "" if r["ratio_vs_diffusers"] is None else f"{r['ratio_vs_diffusers']:.2f}x"
-        tflops = "" if r.get("unet_tflops") is None else f"{r['unet_tflops']:.3g}"
-        peak = "" if r.get("peak_memory_mb") is None else f"{r['peak_memory_mb']:.0f}"
-        print(f"{r['name']:<48} {r['vae']:<6} {r['batch']:>5} {r['steps']:>5} {r['ms_per_frame']:>10.2f} "
-              f"{r['fps']:>8.2f} {ratio:>12} {tflops:>12} {peak:>8}".rstrip(), file=stream)
