@@ -71,7 +71,7 @@ class Runtime:
                  tick_s: float = 0.5) -> None:
         if not sinks:
             raise ValueError("give at least one sink")
-        names = [getattr(s, "name", type(s).__name__) for s in sinks]
+        names = [s.name for s in sinks]
         self.source = source
         self.worker = worker
         self.stats = stats or RunStats()
@@ -82,7 +82,7 @@ class Runtime:
         self.stream_id = stream_id
         self.on_tick = on_tick
         self.tick_s = tick_s
-        self.live = bool(getattr(source, "live", True))
+        self.live = source.live
         # A file read at full speed into a live sink (virtual camera, window, network) plays at its own pace.
         self.pace_by_pts = not self.live and any(sink.live for sink in sinks)
         self.writers = [SinkWriter(sink, self.stats, lossless=not self.live,
@@ -134,7 +134,7 @@ class Runtime:
                 now = time.monotonic()
                 if self.duration is not None and now - started >= self.duration:
                     self.stop()
-                if any(getattr(w.sink, "stop_requested", False) for w in self.writers):
+                if any(w.sink.stop_requested for w in self.writers):
                     self.stop()
                 if self.writers and all(w.failed is not None for w in self.writers):
                     self._fail(SinkError(f"every sink failed; last: {self.writers[-1].failed}"))
@@ -168,7 +168,7 @@ class Runtime:
         if self.live and self._no_signal_since is None and now - last_input >= self.no_signal_after:
             self._no_signal_since = now
             self.stats.no_signal = True
-            log.info("%s: no signal", getattr(self.source, "name", "source"))
+            log.info("%s: no signal", self.source.name)
 
     # --- pump thread: slot -> worker -> sinks ---------------------------------------------------------
     def _pump(self) -> None:

@@ -207,10 +207,10 @@ class RunStats:
 
     # --- reports ------------------------------------------------------------------------------------
     def reconnects(self) -> int:
-        return sum(int(getattr(s, "reconnects", 0) or 0) for s in self._sources)
+        return sum(s.reconnects for s in self._sources)
 
     def dropped_in_source(self) -> int | None:
-        counts = [int(s.dropped) for s in self._sources if isinstance(getattr(s, "dropped", None), int)]
+        counts = [s.dropped for s in self._sources if s.dropped is not None]
         return sum(counts) if counts else None
 
     def snapshot(self) -> dict[str, Any]:

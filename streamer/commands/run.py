@@ -167,6 +167,6 @@ def _run_opened(args: argparse.Namespace, source: Any, sinks: list, config: Any,
 def _warn_audio_left_out(source: Any, sinks: list) -> None:
     """`run` carries video only: say so when a file with sound is recorded into a file."""
     files = [sink.file for sink in sinks if sink.file]
-    if getattr(source, "audio_streams", 0) and files:
+    if source.audio_streams and files:
         print(f"streamer: warning: run records video only, so {', '.join(files)} will have no sound; "
               f"`streamer file {source.path} OUT` keeps the audio", file=sys.stderr)

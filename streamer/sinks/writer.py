@@ -26,7 +26,7 @@ class SinkWriter:
     def __init__(self, sink: Sink, stats: RunStats, *, lossless: bool, name: str | None = None) -> None:
         self.sink = sink
         self.stats = stats
-        self.name = name or getattr(sink, "name", type(sink).__name__)
+        self.name = name or sink.name
         self.lossless = lossless
         self.failed: BaseException | None = None
         self.opened = False

@@ -22,6 +22,10 @@ class Source(ABC):
 
     live: bool = True
     name: str = "source"
+    stream_id: str = "default"
+    reconnects: int = 0  # times a live source reconnected after its first frame
+    dropped: int | None = None  # frames replaced in the source's own slot before anyone took them, if it has one
+    audio_streams: int = 0  # sound in the input that this source does not carry (`run` says so)
 
     @abstractmethod
     def open(self) -> None: ...

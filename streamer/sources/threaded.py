@@ -275,7 +275,7 @@ class SourceReader(ThreadedSource):
 
     def __init__(self, source: Source, *, lossless: bool = False) -> None:
         self.lossless = lossless
-        super().__init__(stream_id=getattr(source, "stream_id", "default"))
+        super().__init__(stream_id=source.stream_id)
         self.source = source
         self.name = source.name
         self.live = source.live
