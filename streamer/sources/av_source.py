@@ -25,7 +25,15 @@ import av.error
 import numpy as np
 
 from streamer.frames import Frame, PtsClock
-from streamer.picture import upright_rgb
+from streamer.media.av_io import (
+    decode_video,
+    describe_error,
+    first_video_stream,
+    invents_timestamps,
+    open_file,
+    stream_fps,
+    video_to_rgb,
+)
 from streamer.sources.base import Source, SourceError, SourceTimeout
 
 log = logging.getLogger(__name__)
@@ -34,17 +42,8 @@ NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https", "srt", "udp", "rtmp")
 # Live frames from formats without timestamps (raw MJPEG, multipart JPEG over HTTP) are stamped with the
 # capture clock in microseconds: FFmpeg would otherwise invent 25 fps pts, wrong for any other rate.
 CLOCK_TIME_BASE = Fraction(1, 1_000_000)
-_NO_TIMESTAMPS = int(av.format.Flags.no_timestamps.value)
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 5.0
-
-
-def describe_error(exc: BaseException, timeout: float | None = None) -> str:
-    """One short line for an FFmpeg/OS error, without Python noise."""
-    if isinstance(exc, av.error.ExitError):
-        return f"no data within {timeout:g} s" if timeout else "timed out"
-    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return " ".join(str(reason).split())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -221,46 +220,6 @@ class ThreadedSource(Source):
     def _sleep(self, seconds: float) -> bool:
         """Sleep unless closed; True when the source was closed meanwhile."""
         return self._stop.wait(seconds)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# PyAV decoding shared by live and file sources
-
-
-def video_to_rgb(frame: av.VideoFrame, width: int | None, height: int | None) -> np.ndarray:
-    """RGB as a player shows the frame: turned upright by its display matrix (a phone's portrait clip),
-    colours by its own tags, scaled to ``width`` x ``height`` when given."""
-    return upright_rgb(frame, width, height)
-
-
-def stream_fps(stream: av.video.stream.VideoStream) -> float | None:
-    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-    return float(rate) if rate else None
-
-
-def decode_video(container: av.container.InputContainer, stop: threading.Event | None = None) -> Iterator[av.VideoFrame]:
-    """Every decodable video frame of the first video stream; corrupt packets are skipped, not fatal."""
-    stream = container.streams.video[0]
-    for packet in container.demux(stream):
-        if stop is not None and stop.is_set():
-            return
-        try:
-            yield from packet.decode()
-        except av.error.InvalidDataError:
-            log.debug("skipped a corrupt packet in %s", container.name)
-
-
-def invents_timestamps(container: av.container.InputContainer) -> bool:
-    """True for inputs whose pts FFmpeg makes up at a nominal rate (raw MJPEG, image pipes, multipart)."""
-    fmt = container.format
-    return bool(fmt.flags & _NO_TIMESTAMPS) or fmt.name.endswith("_pipe")
-
-
-def first_video_stream(container: av.container.InputContainer, name: str) -> av.video.stream.VideoStream:
-    if not container.streams.video:
-        container.close()
-        raise SourceError(f"{name}: no video stream in this input")
-    return container.streams.video[0]
 
 
 class AvLiveSource(ThreadedSource):
@@ -482,15 +441,6 @@ class RealtimeFileSource(AvLiveSource):
         container = open_file(self.path)
         self.audio_streams = len(container.streams.audio)  # not played: `run` carries video only
         return container
-
-
-def open_file(path: str) -> av.container.InputContainer:
-    try:
-        return av.open(path)
-    except av.error.FileNotFoundError:
-        raise SourceError(f"no such file: {path}") from None
-    except (av.error.FFmpegError, OSError) as exc:
-        raise SourceError(f"cannot read {path} as video: {describe_error(exc)}") from None
 
 
 class FileSource(Source):
