@@ -3,7 +3,6 @@ on the same random-weight components (no download), the same prompt embeddings, 
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -11,7 +10,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -276,12 +274,6 @@ def _format(row: BenchRow) -> str:
         extra += f" (compiled in {row.compile_s:.1f} s)"
     return (f"{row.name:<48} vae={row.vae:<6} batch={row.batch:<3} steps={row.steps} "
             f"{row.ms_per_frame:9.2f} ms/frame {row.fps:8.2f} fps{extra}")
-
-
-def write_json(result: dict, path: Path) -> None:
-    partial = path.with_name(path.name + ".partial")  # a run killed mid-write keeps the previous rows
-    partial.write_text(json.dumps(result, indent=2) + "\n")
-    partial.replace(path)
 
 
 def print_table(result: dict, stream=sys.stdout) -> None:

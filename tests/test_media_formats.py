@@ -19,7 +19,7 @@ import av
 import numpy as np
 import pytest
 from av.video.reformatter import Colorspace
-from media import make_clip, probe
+from media import first_frame, make_clip, probe
 
 from streamer.file_job import stylize_file
 from streamer.sinks.av_sink import AvSink
@@ -77,11 +77,6 @@ def shown_by_ffmpeg(path: Path) -> np.ndarray:
     done = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-frames:v", "1", "-f", "rawvideo",
                            "-pix_fmt", "gray", "-"], capture_output=True, check=True)
     return np.frombuffer(done.stdout, np.uint8).reshape(height, width)
-
-
-def first_frame(path: Path) -> av.VideoFrame:
-    with av.open(str(path)) as container:
-        return next(container.decode(video=0))
 
 
 def corner_picture(width: int = 320, height: int = 240) -> np.ndarray:

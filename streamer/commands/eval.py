@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from streamer.config import add_pipeline_args, parse_size, pipeline_config_from_args
+from streamer.outputs import add_overwrite_argument, check_output, write_file, write_text
 
 EPILOG = """examples:
   streamer eval --preset tiny --json eval.json --plot eval.png
@@ -37,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=parse_size, dest="clip_size", help=argparse.SUPPRESS)  # old name
     parser.add_argument("--json", type=Path, default=None, help="write the full report (per frame too) here")
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG of the per-frame curves here")
+    add_overwrite_argument(parser)
     add_pipeline_args(parser)
 
 
@@ -90,6 +92,11 @@ def _run_model(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from streamer.eval.run import summary_lines
 
+    # The output paths first: a wrong one is refused before anything is read or run.
+    inputs = [args.input, args.output, args.reference]
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is not None:
+            check_output(path, inputs=inputs, overwrite=args.overwrite, what=flag)
     if args.output is not None:
         report = _measure_files(args)
     else:
@@ -99,12 +106,11 @@ def run(args: argparse.Namespace) -> int:
     for line in summary_lines(report):
         print(line)
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(_finite(report), indent=1))
+        write_text(args.json, json.dumps(_finite(report), indent=1), overwrite=args.overwrite)
         print(f"wrote {args.json}")
     if args.plot is not None:
         from streamer.eval.plot import plot_report
 
-        plot_report(report, args.plot)
+        write_file(args.plot, lambda temporary: plot_report(report, temporary), overwrite=args.overwrite)
         print(f"wrote {args.plot}")
     return 0
