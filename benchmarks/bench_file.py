@@ -16,8 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import av
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from media import make_clip  # noqa: E402
@@ -25,6 +23,7 @@ from media import make_clip  # noqa: E402
 from pipelines.passthrough import PassthroughPipeline  # noqa: E402
 from streamer.config import parse_size  # noqa: E402
 from streamer.file_job import stylize_file  # noqa: E402
+from streamer.media.av_io import decode_video, open_file, video_to_rgb  # noqa: E402
 
 TARGET_FPS = 200.0
 
@@ -32,10 +31,9 @@ TARGET_FPS = 200.0
 def decode_only_fps(path: Path) -> float:
     """Decode plus rgb24 conversion alone: the ceiling for the whole job."""
     started = time.perf_counter()
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        count = sum(1 for frame in container.decode(stream) if frame.to_ndarray(format="rgb24") is not None)
+    with open_file(path) as container:
+        container.streams.video[0].thread_type = "AUTO"
+        count = sum(1 for frame in decode_video(container) if video_to_rgb(frame) is not None)
     return count / (time.perf_counter() - started)
 
 

@@ -1,6 +1,7 @@
 """Files streamer writes: the one check of an output path, and writing through a temporary file.
 
-Every output file (``streamer file``'s OUT, ``run``'s file sinks, ``--stats``) goes through
+Every output file (``streamer file``'s OUT, ``run``'s file sinks, ``--stats``, ``eval --json/--plot``,
+``bench --json``) goes through
 ``check_output`` before any work starts, and is written as ``.NAME.partial-PID.EXT`` in OUT's own folder
 (same filesystem) that is renamed over OUT only once it is complete. So a crash, ``kill -9`` or a full
 disk leaves OUT as it was (the old file, or no file), never a broken one; only a finished file gets
@@ -16,7 +17,7 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 # FFmpeg reads "name:" at the start of a path as a protocol (file:, pipe:, ...). Two letters or more, so a
@@ -176,14 +177,20 @@ class PartialFile:
             _unpublished.discard(self.path)
 
 
-def write_text(path: str | os.PathLike[str], text: str, *, overwrite: bool = True) -> None:
-    """Write a small text file whole or not at all (through a PartialFile)."""
+def write_file(path: str | os.PathLike[str], write: Callable[[Path], object], *, overwrite: bool = True) -> None:
+    """Write a file whole or not at all: ``write`` fills a PartialFile's temporary path (same extension, so
+    a writer that goes by it picks the same format), which then gets ``path``'s name."""
     partial = PartialFile(path, overwrite=overwrite)
     try:
-        partial.path.write_text(text)
+        write(partial.path)
         partial.publish()
     finally:
         partial.discard()
+
+
+def write_text(path: str | os.PathLike[str], text: str, *, overwrite: bool = True) -> None:
+    """Write a small text file whole or not at all (through a PartialFile)."""
+    write_file(path, lambda temporary: temporary.write_text(text), overwrite=overwrite)
 
 
 _lock = threading.Lock()

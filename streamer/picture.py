@@ -1,8 +1,8 @@
 """How a decoded picture is meant to be shown: its rotation (display matrix) and its colour tags.
 
 Phones store portrait video as landscape pictures plus a rotation in the display matrix; players turn the
-picture when they show it. ``upright_rgb`` does the same before the model sees a frame, so the model
-stylizes what a person sees and the output is written upright, with no rotation tag.
+picture when they show it. ``streamer.media.av_io.video_to_rgb`` does the same before the model sees a
+frame, so the model stylizes what a person sees and the output is written upright, with no rotation tag.
 
 Colour tags (matrix, primaries, transfer, range) say how YUV samples map to colours. Decoding to RGB
 follows the frame's own tags (FFmpeg does); ``ColourTags`` carries them to the encoder, which converts
@@ -12,11 +12,8 @@ RGB back with the same matrix and range and writes the same tags, so colours do 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import islice
-from pathlib import Path
 
 import av
-import av.error
 import numpy as np
 from av.video.reformatter import Colorspace
 
@@ -25,7 +22,6 @@ _SWS_MATRIX = {1: Colorspace.ITU709, 4: Colorspace.FCC, 5: Colorspace.ITU601, 6:
                7: Colorspace.SMPTE240M, 9: Colorspace.BT2020, 10: Colorspace.BT2020}
 _UNSPECIFIED = 2  # AVCOL_SPC/PRI/TRC_UNSPECIFIED
 _RANGE_LIMITED, _RANGE_FULL = 1, 2  # AVCOL_RANGE_MPEG, AVCOL_RANGE_JPEG
-MAX_PEEK_PACKETS = 300  # a file whose first 300 video packets do not decode is read with the defaults
 
 
 def quarter_turns(frame: av.VideoFrame) -> int:
@@ -40,20 +36,6 @@ def quarter_turns(frame: av.VideoFrame) -> int:
 def upright_size(width: int, height: int, turns: int) -> tuple[int, int]:
     """The displayed (width, height) of a ``width`` x ``height`` picture turned ``turns`` quarter turns."""
     return (height, width) if turns % 2 else (width, height)
-
-
-def upright_rgb(frame: av.VideoFrame, width: int | None = None, height: int | None = None) -> np.ndarray:
-    """``frame`` as RGB, turned as its display matrix says and scaled to ``width`` x ``height`` (the size
-    as shown; either may be None for the frame's own)."""
-    turns = quarter_turns(frame)
-    shown_w, shown_h = upright_size(frame.width, frame.height, turns)
-    width, height = width or shown_w, height or shown_h
-    stored_w, stored_h = upright_size(width, height, turns)  # scale first: cheaper than turning big frames
-    if (stored_w, stored_h) == (frame.width, frame.height):
-        image = frame.to_ndarray(format="rgb24")
-    else:
-        image = frame.to_ndarray(format="rgb24", width=stored_w, height=stored_h)
-    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
 
 
 @dataclass(frozen=True)
@@ -99,24 +81,6 @@ class PictureInfo:
     turns: int = 0
     colour: ColourTags = ColourTags()
 
-
-def first_picture(path: str | Path) -> PictureInfo:
-    """Rotation and colour tags of the first decodable frame of ``path`` (defaults when none decodes).
-
-    Opens the file on its own: the caller's container stays untouched. Not for pipes (they would lose data).
-    """
-    if not Path(path).is_file():
-        return PictureInfo()
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            for packet in islice(container.demux(stream), MAX_PEEK_PACKETS):
-                try:
-                    frames = packet.decode()
-                except av.error.FFmpegError:
-                    continue
-                for frame in frames:
-                    return PictureInfo(quarter_turns(frame), ColourTags.of(frame))
-    except (av.error.FFmpegError, OSError, IndexError):
-        pass
-    return PictureInfo()
+    @classmethod
+    def of(cls, frame: av.VideoFrame) -> PictureInfo:
+        return cls(quarter_turns(frame), ColourTags.of(frame))

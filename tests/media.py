@@ -17,6 +17,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from streamer.media.av_io import decode_media, decode_video, open_file, read_frames
+
 AUDIO_RATE = 48_000
 AAC_FRAME_SAMPLES = 1024  # one AAC frame; the unit "within one audio frame" in sync checks
 
@@ -187,25 +189,23 @@ class MediaInfo:
 
 
 def probe(path: str | Path) -> MediaInfo:
-    """Decode every video frame (pts and size) and walk every audio packet of ``path``."""
+    """Decode every video frame (pts and size) and walk every audio packet of ``path``, through the
+    product's reader (streamer.media.av_io)."""
     info = MediaInfo()
-    with av.open(str(path)) as container:
-        video = container.streams.video[0] if container.streams.video else None
-        audio = container.streams.audio[0] if container.streams.audio else None
-        streams = [s for s in (video, audio) if s is not None]
-        if video is not None:
-            video.thread_type = "AUTO"
-            info.video_time_base = video.time_base
-        if audio is not None:
-            info.audio_codec = audio.codec_context.name
-        for packet in container.demux(streams):
-            if packet.stream is video:
-                for frame in packet.decode():
-                    info.width, info.height = frame.width, frame.height
-                    info.video_pts.append(frame.pts)
-            elif packet.dts is not None and packet.pts is not None:
-                start = float(packet.pts * packet.time_base)
-                end = start + float((packet.duration or 0) * packet.time_base)
+    with open_file(path) as container:
+        video = container.streams.video[0]
+        audio = container.streams.audio[:1]
+        video.thread_type = "AUTO"
+        info.video_time_base = video.time_base
+        if audio:
+            info.audio_codec = audio[0].codec_context.name
+        for item in decode_media(container, video, audio=audio):
+            if isinstance(item, av.VideoFrame):
+                info.width, info.height = item.width, item.height
+                info.video_pts.append(item.pts)
+            elif item.dts is not None and item.pts is not None:
+                start = float(item.pts * item.time_base)
+                end = start + float((item.duration or 0) * item.time_base)
                 info.audio_packets += 1
                 info.audio_start = start if info.audio_start is None else min(info.audio_start, start)
                 info.audio_end = end if info.audio_end is None else max(info.audio_end, end)
@@ -214,16 +214,15 @@ def probe(path: str | Path) -> MediaInfo:
 
 
 def decode_frames(path: str | Path, *, limit: int | None = None) -> list[np.ndarray]:
-    """The first ``limit`` (default all) video frames of ``path`` as (H, W, 3) uint8 RGB arrays."""
-    frames: list[np.ndarray] = []
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        for frame in container.decode(stream):
-            frames.append(frame.to_ndarray(format="rgb24"))
-            if limit is not None and len(frames) >= limit:
-                break
-    return frames
+    """The first ``limit`` (default all) video frames of ``path`` as (H, W, 3) uint8 RGB arrays, upright as
+    a player shows them (streamer.media.av_io.read_frames)."""
+    return read_frames(path, limit=limit)[0]
+
+
+def first_frame(path: str | Path) -> av.VideoFrame:
+    """The first decoded video frame of ``path`` (its size, rotation and colour tags), as streamer reads it."""
+    with open_file(path) as container:
+        return next(decode_video(container))
 
 
 def file_size(path: str | Path) -> int:

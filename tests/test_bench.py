@@ -77,3 +77,20 @@ def test_random_architectures_match_the_real_models():
     assert count(sd15["unet"]) == 859_602_884  # SD 1.5's 859.5 M plus LCM's guidance embedding
     assert count(sdxl["unet"]) == 2_567_463_684
     assert sdxl["text_encoder_2"].config.hidden_size == 1280 and sdxl["text_encoder_2"].config.num_hidden_layers == 32
+
+
+def test_bench_json_goes_through_the_one_output_check(tmp_path):
+    """An existing --json is refused before anything loads and kept as it was; -y replaces it, whole."""
+    out = tmp_path / "bench.json"
+    out.write_text("old")
+    args = [sys.executable, "-m", "streamer", "bench", "--device", "cpu", "--quick", "--batch", "1", "--steps", "1",
+            "--vae", "taesd", "--iterations", "1", "--json", str(out)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        f"streamer: error: --json {out} already exists; add --overwrite (-y) to replace it, or choose another name"]
+    assert out.read_text() == "old"
+    proc = subprocess.run([*args, "-y"], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert [r["batch"] for r in json.loads(out.read_text())["rows"]][-1] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]  # no partial file left

@@ -220,3 +220,42 @@ def test_cli_check_exits_1_when_a_target_is_missed(tmp_path: Path) -> None:
         "streamer: eval --check: 1 of 5 targets missed: still: flicker on <= 0.5 x off: 1.017 (limit 0.508)"]
     assert "MISS still: flicker on <= 0.5 x off: 1.017 (limit 0.508)" in result.stdout.splitlines()
     assert streamer(*args, cwd=tmp_path).returncode == 0  # without --check a miss is only reported
+
+
+def test_cli_outputs_go_through_the_one_output_check(tmp_path: Path) -> None:
+    """--json and --plot are refused like `streamer file`'s OUT (before anything is read), replaced only
+    with -y, and written whole: no partial file stays behind."""
+    clip = still_clip(5, 64, 48)
+    write_clip(tmp_path / "in.mp4", clip.frames)
+    write_clip(tmp_path / "out.mp4", clip.frames)
+    (tmp_path / "r.json").write_text("old")
+    refused = [
+        (["--json", "r.json"], "--json r.json already exists; add --overwrite (-y)"),
+        (["--plot", "in.mp4", "-y"], "--plot in.mp4 is the input file in.mp4"),
+        (["--json", "missing/r.json"], "the output folder missing does not exist"),
+        (["--plot", "."], "--plot . is a folder"),
+    ]
+    for args, words in refused:
+        result = streamer("eval", "in.mp4", "out.mp4", *args, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("streamer: error: ") and words in lines[0], lines
+        assert result.stdout == ""  # refused before anything was measured
+    assert (tmp_path / "r.json").read_text() == "old" and not (tmp_path / "missing").exists()
+    result = streamer("eval", "in.mp4", "out.mp4", "--json", "r.json", "--plot", "r.png", "-y", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "flicker" in json.loads((tmp_path / "r.json").read_text())["clips"]["input"]["variants"]["output"]
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "out.mp4", "r.json", "r.png"]
+
+
+def test_cli_describes_an_unreadable_input_as_file_does(tmp_path: Path) -> None:
+    """One reader, one description of an input FFmpeg cannot read (eval and file alike)."""
+    (tmp_path / "junk.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 50_000, np.uint8).tobytes())
+    write_clip(tmp_path / "ok.mp4", still_clip(4, 64, 48).frames)
+    evaluated = streamer("eval", "junk.mp4", "ok.mp4", cwd=tmp_path)
+    filed = streamer("file", "junk.mp4", "x.mp4", "--preset", "passthrough", cwd=tmp_path)
+    assert evaluated.returncode == filed.returncode == 2
+    assert evaluated.stderr.strip().splitlines() == filed.stderr.strip().splitlines() == [
+        "streamer: error: cannot read junk.mp4: not a video file FFmpeg understands "
+        "(Invalid data found when processing input)"]

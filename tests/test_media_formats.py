@@ -19,9 +19,10 @@ import av
 import numpy as np
 import pytest
 from av.video.reformatter import Colorspace
-from media import make_clip, probe
+from media import first_frame, make_clip, probe
 
 from pipelines.frames import FramePipeline
+from streamer.eval.clips import read_clip
 from streamer.file_job import stylize_file
 from streamer.sinks.av_sink import AvSink
 from streamer.sinks.base import SinkError
@@ -78,11 +79,6 @@ def shown_by_ffmpeg(path: Path) -> np.ndarray:
     done = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-frames:v", "1", "-f", "rawvideo",
                            "-pix_fmt", "gray", "-"], capture_output=True, check=True)
     return np.frombuffer(done.stdout, np.uint8).reshape(height, width)
-
-
-def first_frame(path: Path) -> av.VideoFrame:
-    with av.open(str(path)) as container:
-        return next(container.decode(video=0))
 
 
 def corner_picture(width: int = 320, height: int = 240) -> np.ndarray:
@@ -172,6 +168,41 @@ def test_colour_tags_carry_over_and_colours_hold(tmp_path: Path, colour: dict[st
     # matrix and range it came from.
     patch = first_frame(out).to_ndarray(format="rgb24")[100:140, 120:200].reshape(-1, 3).mean(axis=0)
     assert np.abs(patch - np.array(PATCH)).max() < 6, patch
+
+
+def test_a_piped_input_keeps_its_rotation_and_colour_tags(tmp_path: Path) -> None:
+    """`streamer file <(...) out.mp4`: the input is a pipe, readable once. Rotation and colour tags come
+    from the frames the job decodes anyway (not from opening the input a second time)."""
+    colour = {"colorspace": 1, "primaries": 1, "trc": 1, "range": 2}
+    src = still_clip(tmp_path / "phone.mp4", corner_picture(), rotation=90, frames=6, colour=colour)
+    shown = shown_by_ffmpeg(src)
+    fifo = tmp_path / "in.fifo"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(["ffmpeg", "-v", "error", "-y", "-i", str(src), "-c", "copy", "-movflags",
+                               "frag_keyframe+empty_moov", "-f", "mp4", str(fifo)], stdin=subprocess.DEVNULL)
+    try:
+        out = tmp_path / "out.mp4"
+        done = streamer("file", str(fifo), str(out), "--preset", "passthrough", "--no-progress", timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert writer.wait(timeout=30) == 0
+    finally:
+        writer.kill()
+        writer.wait()
+    written = first_frame(out)
+    assert (written.width, written.height) == (shown.shape[1], shown.shape[0])  # upright: 240x320
+    assert np.abs(written.to_ndarray(format="gray").astype(int) - shown.astype(int)).mean() < 4
+    tags = ffprobe_video(out)
+    assert (tags["color_space"], tags["color_range"]) == ("bt709", "pc")
+
+
+def test_eval_reads_a_rotated_clip_as_shown(tmp_path: Path) -> None:
+    """eval compares an input with `streamer file`'s output, which is written upright: both are read as a
+    player shows them, by the same reader as the file job."""
+    src = still_clip(tmp_path / "phone.mp4", corner_picture(), rotation=-90, frames=3)
+    shown = shown_by_ffmpeg(src)
+    frames, fps = read_clip(src)
+    assert frames.shape == (3, *shown.shape, 3) and fps == pytest.approx(30)
+    assert np.abs(frames[0].mean(axis=2) - shown).mean() < 4
 
 
 def test_webm_gets_vp9_and_opus_in_sync(tmp_path: Path) -> None:

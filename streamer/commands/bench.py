@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TextIO
 
 from streamer.config import parse_size
+from streamer.outputs import add_overwrite_argument, check_output, write_text
 
 ARCHS = ["tiny", "sd15", "tiny-sdxl", "sdxl"]
 
@@ -53,12 +54,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fused attention projections in the frame step's UNet (default auto: on CUDA)")
     parser.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
                         help="channels-last layout for the frame step's UNet and VAE (default auto: on CUDA)")
-    parser.add_argument("--json", type=Path, default=None, help="write the results as JSON to this file")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="write the results as JSON to this file (rewritten after each row)")
+    add_overwrite_argument(parser)
     # Accepted so a preset-driven invocation reports a bad preset name or setting in one line.
     parser.add_argument("--preset", default=None, help="check this preset's settings first (nothing is loaded)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.json is not None:  # before anything loads
+        check_output(args.json, overwrite=args.overwrite, what="--json")
     from pipelines.loading import resolve_device
 
     resolve_device(args.device)  # a bad --device fails now, not after diffusers and the models have loaded
@@ -77,8 +82,6 @@ def run(args: argparse.Namespace) -> int:
     resolution = width
     if resolution % 8:
         raise ValueError(f"--resolution must be a multiple of 8, got {resolution}")
-    if args.json is not None and not args.json.parent.exists():
-        raise ValueError(f"cannot write {args.json}: folder {args.json.parent} does not exist")
     result = run_bench(
         size=size, device_name=args.device, dtype_name=args.dtype, resolution=resolution,
         batches=args.batch or [1], steps_list=args.steps,
@@ -98,10 +101,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_json(result: dict, path: Path) -> None:
-    """Whole or not at all: a run killed mid-write keeps the previous rows (streamer.outputs.write_text)."""
-    from streamer.outputs import write_text
-
-    write_text(path, json.dumps(result, indent=2) + "\n")
+    """The results so far, whole or not at all (a run killed mid-write keeps the previous rows). The path
+    was checked before the run (an existing file only with --overwrite), so each row replaces the last."""
+    write_text(path, json.dumps(result, indent=2) + "\n", overwrite=True)
 
 
 def print_table(result: dict, stream: TextIO = sys.stdout) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
 from streamer.config import add_pipeline_args, parse_size, pipeline_config_from_args, say
+from streamer.outputs import add_overwrite_argument, check_output, write_file, write_text
 
 EPILOG = """examples:
   streamer eval --preset analytic --json eval.json --plot eval.png
@@ -42,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG of the per-frame curves here")
     parser.add_argument("--check", action="store_true",
                         help="exit with status 1 when a smoothing target is missed (generated clips only)")
+    add_overwrite_argument(parser)
     add_pipeline_args(parser)
 
 
@@ -95,6 +98,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.check and args.input is not None:
         raise ValueError("--check compares against targets set for the generated clips; leave out INPUT to use them")
+    # The output paths first: a wrong one is refused before anything is read or run.
+    inputs = [args.input, args.output, args.reference]
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is not None:
+            check_output(path, inputs=inputs, overwrite=args.overwrite, what=flag)
     if args.output is not None:
         report = _measure_files(args)
     else:
@@ -104,15 +112,12 @@ def run(args: argparse.Namespace) -> int:
     for line in summary_lines(report):
         print(line)
     if args.json is not None:
-        from streamer.commands.bench import write_json
-
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        write_json(_finite(report), args.json)
+        write_text(args.json, json.dumps(_finite(report), indent=1), overwrite=args.overwrite)
         print(f"wrote {args.json}")
     if args.plot is not None:
         from streamer.eval.plot import plot_report
 
-        plot_report(report, args.plot)
+        write_file(args.plot, lambda temporary: plot_report(report, temporary), overwrite=args.overwrite)
         print(f"wrote {args.plot}")
     if args.check:
         missed = missed_targets(report)

@@ -119,27 +119,11 @@ def write_clip(path: Path, frames: np.ndarray, fps: float = 30.0, crf: int = 4) 
 
 
 def read_clip(path: Path, max_frames: int | None = None) -> tuple[np.ndarray, float]:
-    """A video file -> frames (N, H, W, 3) uint8 RGB and its frame rate."""
-    import av
+    """A video file -> frames (N, H, W, 3) uint8 RGB, upright as a player shows them, and its frame rate.
+    SourceError (one line) for a file that cannot be read, ValueError for one without frames."""
+    from streamer.media.av_io import read_frames
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"video file {path} does not exist")
-    try:
-        container = av.open(str(path))
-    except av.error.FFmpegError as exc:
-        raise ValueError(f"cannot read {path} as video: {exc}") from None
-    with container:
-        if not container.streams.video:
-            raise ValueError(f"{path} has no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        fps = float(stream.average_rate or 30)
-        frames = []
-        for frame in container.decode(stream):
-            frames.append(frame.to_ndarray(format="rgb24"))
-            if max_frames is not None and len(frames) >= max_frames:
-                break
+    frames, fps = read_frames(path, limit=max_frames)
     if not frames:
         raise ValueError(f"{path} holds no video frames")
     return np.stack(frames), (fps if math.isfinite(fps) and fps > 0 else 30.0)

@@ -128,11 +128,7 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     fig.suptitle("px: mean absolute pixel difference (0-255), lower is steadier", fontsize=9, color="dimgrey",
                  x=0.01, ha="left")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")  # complete or not there: never half a PNG
     try:
-        fig.savefig(partial, dpi=100, format="png")
+        fig.savefig(path, dpi=100, format="png")  # into the caller's temporary file (streamer.outputs.write_file)
     finally:
         plt.close(fig)
-    partial.replace(path)

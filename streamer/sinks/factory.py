@@ -45,11 +45,9 @@ def make_sink(spec: str, *, overwrite: bool = False, inputs: Sequence[str | None
             raise ValueError(f"sink {spec!r}: unsupported protocol {scheme!r}; use one of: {SINK_HELP}")
         return _av_sink(text, **av_options)
     path = local_path(text, what="sink")
-    if path.is_dir():
-        raise ValueError(f"sink {spec!r} is a folder; give a file name such as {path / 'out.mp4'}")
+    check_output(path, inputs=inputs, overwrite=overwrite, what="sink")  # a folder, the input, exists...
     if path.suffix.lower() not in FILE_SUFFIXES:
         raise ValueError(f"sink {spec!r} is not something streamer can write; use one of: {SINK_HELP}")
-    check_output(path, inputs=inputs, overwrite=overwrite, what="sink")
     return _av_sink(str(path), overwrite=overwrite, inputs=inputs, **av_options)
 
 

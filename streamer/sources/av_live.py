@@ -12,7 +12,7 @@ import av.error
 import numpy as np
 
 from streamer.frames import Pacer, PtsClock
-from streamer.sources.av_source import (
+from streamer.media.av_io import (
     decode_video,
     describe_error,
     first_video_stream,

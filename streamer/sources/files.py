@@ -13,8 +13,7 @@ import av
 import av.error
 
 from streamer.frames import Frame, PtsClock
-from streamer.sources.av_live import AvLiveSource, low_latency_options
-from streamer.sources.av_source import (
+from streamer.media.av_io import (
     decode_video,
     describe_error,
     first_video_stream,
@@ -22,6 +21,7 @@ from streamer.sources.av_source import (
     stream_fps,
     video_to_rgb,
 )
+from streamer.sources.av_live import AvLiveSource, low_latency_options
 from streamer.sources.base import Source, SourceError
 
 

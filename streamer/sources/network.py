@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 import av
 import av.error
 
+from streamer.media.av_io import describe_error
 from streamer.sources.av_live import AvLiveSource, low_latency_options
-from streamer.sources.av_source import describe_error
 from streamer.sources.base import SourceError
 
 NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https", "srt", "udp", "rtmp")
