@@ -252,10 +252,14 @@ def run_batch(pool: Pool, files: list[BatchFile], summary: Summary, *, retries: 
                         item.error = f"{exc}; gave up after {item.retries} retries"
                         say(f"streamer: error: {item.input}: {item.error}")
                         pool.finished(item)
+                        if bar.total is not None:
+                            bar.total -= item.expected_frames or 0
                     continue
                 for key, value in outcome.items():
                     setattr(item, key, value)
                 finished_frames += item.frames
+                if bar.total is not None:  # the header's count was an estimate: the bar ends at what was read
+                    bar.total += item.frames - (item.expected_frames or 0)
                 pool.finished(item)
                 say(_file_line(item))
                 summary.write(files)
