@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -53,7 +55,7 @@ def references(clips: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
         jobs[name] = (out, subprocess.Popen([sys.executable, "-m", "streamer", "file", str(clips / source), str(out),
                                              *TINY], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                             stderr=subprocess.PIPE, text=True, env=ENV))
-    for out, proc in jobs.values():
+    for _out, proc in jobs.values():
         _, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 0, stderr
     return {name: out for name, (out, _) in jobs.items()}
@@ -222,3 +224,83 @@ def test_sigterm_stops_with_playable_files_and_a_rerun_completes_them(tmp_path: 
     for name in ("p.mp4", "q.mp4", "r.mp4"):
         assert probe(out / name).frames == 600
         assert summary_of(out)["files"][name]["status"] == "done"
+
+
+# --- On Ray: a cluster of CPU workers in a loopback-only network namespace (every Ray listener on
+# 127.0.0.1), the dashboard off. Everything the batch writes is in tmp_path, seen from both sides.
+
+def ray_in_namespace(*command: str, head: bool = False) -> list[str]:
+    """``command`` in a fresh loopback-only network namespace; with ``head``, a Ray head node (2 CPUs and 2
+    units of the custom resource gpu_slot, standing in for GPUs) started there first and stopped after."""
+    pytest.importorskip("ray", reason='Ray is an optional extra: pip install -e ".[ray]"')
+    from test_browser import namespaces_work
+
+    if not namespaces_work():
+        pytest.skip("cannot create a network namespace here (unshare -n needs root or user namespaces)")
+    script = 'ip link set lo up && exec "$@"'
+    if head:
+        ray = shlex.quote(str(Path(sys.executable).with_name("ray")))
+        script = (f"ip link set lo up || exit 90; trap '{ray} stop --force >/dev/null 2>&1' EXIT; "
+                  f"{ray} start --head --port 6379 --num-cpus 2 --resources '{{\"gpu_slot\": 2}}' "
+                  "--include-dashboard false --disable-usage-stats >/dev/null 2>&1 || exit 91; \"$@\"")
+    return ["unshare", "-n", "--", "sh", "-c", script, "sh", *command]
+
+
+@pytest.mark.slow
+def test_ray_actor_killed_mid_file_is_retried_and_a_rerun_skips(clips: Path, references: dict[str, Path],
+                                                                 tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["batch", str(clips), "--out", str(out), *TINY, "--ray", "127.0.0.1:6379", "--worker-resource",
+            "gpu_slot", "--worker-cpus", "0.5"]
+    proc = subprocess.Popen(ray_in_namespace(sys.executable, "-m", "streamer", *args, head=True),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=ENV, start_new_session=True)
+    killed, seen = None, None
+    try:
+        deadline = time.monotonic() + 150
+        while killed is None and proc.poll() is None and time.monotonic() < deadline:
+            # The actor writing long.mp4 (180 frames, about 7 s) names its partial file with its pid; the
+            # MP4 muxer holds the data until the end, so "mid-file" is 2 s after the partial file appeared.
+            for partial in out.glob(".long.partial-*.mp4"):
+                seen = seen or time.monotonic()
+                if time.monotonic() - seen > 2:
+                    killed = int(re.match(r"\.long\.partial-(\d+)", partial.name).group(1))
+                    os.kill(killed, signal.SIGKILL)
+            time.sleep(0.02)
+        _, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert killed is not None, "no actor was caught mid-file"
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr and "goes to another worker (retry 1 of 2)" in stderr
+    for name, reference in references.items():
+        assert_same_as_file(out / name, reference)  # the retried file too: whole, as streamer file makes it
+    record = summary_of(out)
+    assert record["done"] == 4 and record["finished"]
+    assert record["files"]["long.mp4"]["retries"] == 1
+    assert f"pid {killed})" not in record["files"]["long.mp4"]["worker"]
+    assert {n: e["retries"] for n, e in record["files"].items() if n != "long.mp4"} == dict.fromkeys(
+        ["a.mp4", "sub/b.mp4", "vfr.mp4"], 0)
+    assert not [p.name for p in out.rglob(".*partial*")]  # the killed actor's partial file is gone
+
+    # Run again: every output is complete, so nothing starts (not even a connection to the cluster).
+    again = streamer("batch", *args[1:])
+    assert again.returncode == 0, again.stderr
+    assert "0 done, 4 skipped" in again.stderr
+
+
+@pytest.mark.slow
+def test_ray_local_cluster(clips: Path, references: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    command = ray_in_namespace(sys.executable, "-m", "streamer", "batch", str(clips / "a.mp4"),
+                               str(clips / "sub" / "b.mov"), "--out", str(out), *TINY, "--ray", "local",
+                               "--workers", "2", "--worker-cpus", "0.5")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL, env=ENV)
+    assert done.returncode == 0, done.stderr
+    assert_same_as_file(out / "a.mp4", references["a.mp4"])
+    assert_same_as_file(out / "b.mp4", references["sub/b.mp4"])
+    record = summary_of(out)
+    pids = {entry["worker"] for entry in record["files"].values()}
+    assert len(pids) == 2 and str(os.getpid()) not in " ".join(pids)  # two actors, each its own process
