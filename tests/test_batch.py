@@ -123,7 +123,7 @@ def test_globs_lists_and_duplicates(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("case", ["collision", "missing", "out-is-file", "empty-folder", "output-is-input",
-                                  "no-match", "bad-retries", "resource-without-ray"])
+                                  "no-match", "bad-retries", "resource-without-ray", "no-ray-there"])
 def test_refusals_are_one_line_and_create_nothing(tmp_path: Path, case: str) -> None:
     clips = tmp_path / "in"
     (clips / "sub").mkdir(parents=True)
@@ -145,8 +145,10 @@ def test_refusals_are_one_line_and_create_nothing(tmp_path: Path, case: str) -> 
         inputs, expect = [str(clips / "*.webm")], "matches no file"
     elif case == "bad-retries":
         inputs, expect, extra = [str(clips)], "--retries must be 0 or more", ["--retries", "-1"]
-    else:
+    elif case == "resource-without-ray":
         inputs, expect, extra = [str(clips)], "--worker-resource needs --ray", ["--worker-resource", "gpu"]
+    else:  # nothing listens on port 1: refused at once, not after Ray's minutes of retries
+        inputs, expect, extra = [str(clips)], "cannot reach the Ray cluster at 127.0.0.1:1", ["--ray", "127.0.0.1:1"]
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     done = streamer("batch", *inputs, "--out", str(out), "--preset", "passthrough", *extra)
     assert done.returncode == 2, done.stderr

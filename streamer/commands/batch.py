@@ -71,9 +71,10 @@ def run(args: argparse.Namespace) -> int:
     if args.ray is None and args.worker_resource:
         raise ValueError("--worker-resource needs --ray (workers here are threads of this process)")
     if args.ray is not None:
-        from streamer.scale.ray_pool import import_ray
+        from streamer.scale.ray_pool import check_address, import_ray
 
-        import_ray()  # not installed: one line, before anything else happens
+        import_ray()  # not installed, or no cluster there: one line, before anything else happens
+        check_address(args.ray)
     codec = check_encoding_args(args, f"out.{args.ext}")
     config = file_pipeline_config(args)
     files = plan(args.inputs, args.out, ext=args.ext, overwrite=args.overwrite)

@@ -247,6 +247,9 @@ def run_batch(pool: Pool, files: list[BatchFile], summary: Summary, *, retries: 
                         say(f"streamer: warning: {exc}; {item.name} goes to another worker "
                             f"(retry {item.retries} of {retries})")
                         todo.appendleft(item)
+                    elif stopping.is_set():  # nothing was written: a later run does it
+                        item.status = "not started"
+                        pool.finished(item)
                     else:
                         item.status = "failed"
                         item.error = f"{exc}; gave up after {item.retries} retries"

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
 from streamer.scale.batch import FileSettings, FileWorker, WorkerDied
 from streamer.scale.plan import BatchFile
 
+CONNECT_SECONDS = 5.0
 INSTALL_HINT = 'pip install "streamer[ray]" (or pip install "ray>=2.40")'
 
 
@@ -27,6 +29,23 @@ def import_ray() -> Any:
     except ImportError:
         raise ValueError(f"--ray needs Ray, which the default install leaves out: {INSTALL_HINT}") from None
     return ray
+
+
+def check_address(address: str) -> None:
+    """Refuse in one line a HOST:PORT where no Ray head answers (Ray itself would retry for minutes).
+    "local", "auto" and ray:// client addresses are left to Ray."""
+    if address in ("local", "auto") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--ray {address}: give local, auto or HOST:PORT of a Ray head (ray start --head "
+                         "prints it; the port is 6379 by default)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ValueError(f"cannot reach the Ray cluster at {address} ({reason.lower()}); start one with "
+                         "`ray start --head` or check the address") from None
 
 
 class RayPool:
