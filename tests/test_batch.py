@@ -306,3 +306,16 @@ def test_ray_local_cluster(clips: Path, references: dict[str, Path], tmp_path: P
     record = summary_of(out)
     pids = {entry["worker"] for entry in record["files"].values()}
     assert len(pids) == 2 and str(os.getpid()) not in " ".join(pids)  # two actors, each its own process
+
+
+@pytest.mark.slow
+def test_ray_worker_that_cannot_load_the_model_is_one_line(clips: Path, tmp_path: Path) -> None:
+    env = {**ENV, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-cache")}  # the model is nowhere
+    command = ray_in_namespace(sys.executable, "-m", "streamer", "batch", str(clips / "a.mp4"), "--out",
+                               str(tmp_path / "out"), "--preset", "lcm-dreamshaper", "--device", "cpu", "--ray",
+                               "local", "--worker-cpus", "0.5", "--retries", "0")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL, env=env)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("streamer: error:")]
+    assert len(errors) == 1 and "a Ray worker could not load the model: offline" in errors[0], done.stderr

@@ -118,6 +118,10 @@ class RayPool:
         try:
             return self.ray.get(handle)
         except died as exc:
+            text = str(exc).strip()
+            if "creation task" in text:  # its __init__ raised: loading the model failed, on every try
+                reason = text.splitlines()[-1].split(": ", 1)[-1]
+                raise ValueError(f"a Ray worker could not load the model: {reason}") from None
             raise WorkerDied(f"a worker died ({type(exc).__name__})") from None
         except errors.RayTaskError as exc:  # run() reports errors itself: this is something else
             return {"status": "failed", "error": str(exc).strip().splitlines()[-1]}
