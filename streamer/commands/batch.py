@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from streamer.scale.batch import FileSettings, LocalPool, expected_frames, local_devices, run_batch
-    from streamer.scale.plan import SUMMARY_NAME, Summary, plan
+    from streamer.scale.plan import SUMMARY_NAME, Summary, plan, remove_folders
     from streamer.sources.base import SourceError
 
     if args.retries < 0:
@@ -71,13 +71,20 @@ def run(args: argparse.Namespace) -> int:
     if args.ray is None and args.worker_resource:
         raise ValueError("--worker-resource needs --ray (workers here are threads of this process)")
     if args.ray is not None:
-        from streamer.scale.ray_pool import check_address, import_ray
+        from streamer.scale.ray_pool import import_ray
 
-        import_ray()  # not installed, or no cluster there: one line, before anything else happens
-        check_address(args.ray)
+        import_ray()  # not installed: one line, before anything else happens
     codec = check_encoding_args(args, f"out.{args.ext}")
     config = file_pipeline_config(args)
-    files = plan(args.inputs, args.out, ext=args.ext, overwrite=args.overwrite)
+    files, created = plan(args.inputs, args.out, ext=args.ext, overwrite=args.overwrite)
+    if args.ray is not None and any(item.status == "pending" for item in files):
+        from streamer.scale.ray_pool import check_address
+
+        try:  # no cluster there: refused at once, nothing left behind (with nothing to do, none is needed)
+            check_address(args.ray)
+        except ValueError:
+            remove_folders(created)
+            raise
     settings = FileSettings(config, batch=args.batch, size=args.size, codec=codec, crf=args.crf,
                             encoder_preset=args.encoder_preset)
     for item in files:

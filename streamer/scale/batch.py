@@ -141,7 +141,8 @@ class Pool(Protocol):
     def wait(self, handles: list[Any], timeout: float) -> list[Any]: ...
     def result(self, handle: Any) -> dict[str, Any]: ...  # raises WorkerDied
     def progress(self, workers: list[int]) -> dict[int, int]: ...
-    def usable(self, worker: int) -> bool: ...
+    def ready(self, worker: int) -> bool: ...  # alive and able to take a file now
+    def gone(self, worker: int) -> bool: ...  # dead for good
     def died(self, worker: int, item: BatchFile) -> None: ...
     def finished(self, item: BatchFile) -> None: ...  # clean up after dead attempts at ``item``
     def stop(self) -> None: ...
@@ -169,8 +170,11 @@ class LocalPool:
     def progress(self, workers: list[int]) -> dict[int, int]:
         return {i: self.workers[i].progress() for i in workers}
 
-    def usable(self, worker: int) -> bool:
+    def ready(self, worker: int) -> bool:
         return True
+
+    def gone(self, worker: int) -> bool:
+        return False
 
     def died(self, worker: int, item: BatchFile) -> None:
         pass
@@ -223,8 +227,8 @@ def run_batch(pool: Pool, files: list[BatchFile], summary: Summary, *, retries: 
                 stop_sent = True
             if not stopping.is_set():
                 idle = [i for i in range(len(pool.names))
-                        if pool.usable(i) and all(i != w for w, _ in busy.values())]
-                if not idle and not busy:  # every worker is gone for good
+                        if all(i != w for w, _ in busy.values()) and pool.ready(i)]
+                if not busy and all(pool.gone(i) for i in range(len(pool.names))):
                     for item in todo:
                         item.status, item.error = "failed", "no worker left: every worker died too often"
                     todo.clear()

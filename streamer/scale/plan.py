@@ -136,8 +136,9 @@ def _inside(path: Path, folder: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
 
 
-def plan(specs: list[str], out_dir: str | Path, *, ext: str, overwrite: bool) -> list[BatchFile]:
-    """The batch's files, each checked like `streamer file`'s OUT; those already done are ``skipped``.
+def plan(specs: list[str], out_dir: str | Path, *, ext: str, overwrite: bool) -> tuple[list[BatchFile], list[Path]]:
+    """The batch's files, each checked like `streamer file`'s OUT (those already done are ``skipped``), and
+    the folders created for them (for ``remove_folders`` if the batch is refused later).
 
     Refused in one line (ValueError), with nothing created: OUT a file, two inputs that would get the same
     output, an output that is one of the inputs, an output that cannot be written."""
@@ -170,13 +171,18 @@ def plan(specs: list[str], out_dir: str | Path, *, ext: str, overwrite: bool) ->
                     continue
             check_output(item.output, inputs=inputs, overwrite=item.overwrite)
     except BaseException:
-        for folder in sorted(created, key=lambda p: len(p.parts), reverse=True):
-            try:
-                folder.rmdir()
-            except OSError:
-                pass
+        remove_folders(created)
         raise
-    return files
+    return files, created
+
+
+def remove_folders(created: list[Path]) -> None:
+    """Remove the folders ``plan`` created (those still empty), deepest first."""
+    for folder in sorted(created, key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
 
 
 def _mark_skipped(item: BatchFile, before: dict[str, Any]) -> None:

@@ -137,8 +137,16 @@ class RayPool:
                     pass
         return {worker: self.last_progress.get(worker, 0) for worker in workers}
 
-    def usable(self, worker: int) -> bool:
-        return self.deaths[worker] <= self.retries  # Ray restarts it at most ``retries`` times
+    def ready(self, worker: int) -> bool:
+        """Started (or restarted) and answering: a file is not sent to an actor still loading its model, so a
+        file whose actor died goes to another one when that one is free first."""
+        if self.gone(worker):
+            return False
+        ready, _ = self.ray.wait([self.pid_refs[worker]], num_returns=1, timeout=0)
+        return bool(ready)
+
+    def gone(self, worker: int) -> bool:
+        return self.deaths[worker] > self.retries  # Ray restarts it at most ``retries`` times
 
     def died(self, worker: int, item: BatchFile) -> None:
         self.deaths[worker] += 1
