@@ -13,6 +13,7 @@ from streamer import __version__
 
 COMMANDS = {
     "file": "stylize a video file into a new file (every frame, audio kept)",
+    "batch": "stylize many video files (folders, globs, lists) on local workers or a Ray cluster",
     "run": "stylize a live source (webcam, RTSP, file, testsrc) into sinks (virtual camera, preview, file, network)",
     "serve": "WebRTC server: a browser page, WHIP/WHEP for OBS, many sessions on one GPU",
     "eval": "measure flicker, warp error and lag of a stylized clip; compare smoothing on and off",
