@@ -22,7 +22,7 @@ from media import make_clip  # noqa: E402
 
 from pipelines.passthrough import PassthroughPipeline  # noqa: E402
 from streamer.config import parse_size  # noqa: E402
-from streamer.file_job import stylize_file  # noqa: E402
+from streamer.engine.file_job import stylize_file  # noqa: E402
 from streamer.media.av_io import decode_video, open_file, video_to_rgb  # noqa: E402
 
 TARGET_FPS = 200.0

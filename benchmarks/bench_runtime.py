@@ -19,13 +19,13 @@ import numpy as np
 
 from pipelines.passthrough import PassthroughPipeline
 from streamer.config import parse_size
-from streamer.frames import Frame
-from streamer.runtime import Runtime
+from streamer.engine.runtime import Runtime
+from streamer.engine.worker import GpuWorker
+from streamer.media.frames import Frame
+from streamer.observe.stats import RunStats
 from streamer.sinks.av_sink import AvSink
 from streamer.sinks.base import Sink
 from streamer.sources.testsrc import TestSource, marks_age_ms, read_marks
-from streamer.stats import RunStats
-from streamer.worker import GpuWorker
 
 TARGET_P95_MS = 45.0
 

@@ -65,8 +65,8 @@ def main() -> int:
         return f"max abs difference {worst:.4f}, {calls.compiled_calls} compiled UNet calls"
 
     def worker_thread_replays_graphs() -> str:
-        from streamer.frames import Frame
-        from streamer.worker import GpuWorker
+        from streamer.engine.worker import GpuWorker
+        from streamer.media.frames import Frame
 
         before = graphed.unet_forward.compiled_calls
         image = frames(1, seed=7)[0]
@@ -96,7 +96,7 @@ def main() -> int:
     def file_job_compiled() -> str:
         from media import make_clip
 
-        from streamer.file_job import stylize_file
+        from streamer.engine.file_job import stylize_file
 
         with tempfile.TemporaryDirectory() as folder:
             clip = make_clip(Path(folder) / "in.mp4", seconds=3, size=(160, 120), audio=True)

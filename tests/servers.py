@@ -18,10 +18,10 @@ from typing import Any, NamedTuple
 
 from aiohttp import web
 
+from streamer.engine.worker import GpuWorker
+from streamer.observe.stats import RunStats
 from streamer.server.app import ServerOptions, create_app
 from streamer.server.listen import start_http
-from streamer.stats import RunStats
-from streamer.worker import GpuWorker
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,7 +17,7 @@ import pytest
 from conftest import free_port
 from media import pattern_frame, probe
 
-from streamer.frames import Frame
+from streamer.media.frames import Frame
 from streamer.sinks.av_sink import AvSink
 from streamer.sinks.base import SinkError
 

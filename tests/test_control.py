@@ -22,12 +22,12 @@ from test_runtime import MarkReadingSink
 
 from pipelines.config import LiveParams
 from pipelines.passthrough import PassthroughPipeline
-from streamer.control import ParamsController, TerminalControl, parse_command
-from streamer.control_http import ControlServer
-from streamer.runtime import Runtime
+from streamer.control.http import ControlServer
+from streamer.control.params import ParamsController, TerminalControl, parse_command
+from streamer.engine.runtime import Runtime
+from streamer.engine.worker import GpuWorker
+from streamer.observe.stats import RunStats
 from streamer.sources.testsrc import TestSource
-from streamer.stats import RunStats
-from streamer.worker import GpuWorker
 from tests.servers import serving
 from tests.test_server import run_async
 from tests.webrtc_helpers import InvertingPipeline, open_browser_like

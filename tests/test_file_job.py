@@ -29,7 +29,7 @@ from media import (
 
 from pipelines.frames import FramePipeline
 from pipelines.passthrough import PassthroughPipeline
-from streamer.file_job import stylize_file
+from streamer.engine.file_job import stylize_file
 from streamer.sources.base import SourceError
 
 ONE_AUDIO_FRAME = AAC_FRAME_SAMPLES / AUDIO_RATE

@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import pytest
 
-from streamer.frames import Pacer, PtsClock, frame_step
+from streamer.media.frames import Pacer, PtsClock, frame_step
 
 TB = Fraction(1, 90_000)
 

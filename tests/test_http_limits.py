@@ -11,11 +11,11 @@ import pytest
 from http_helpers import call, one_line
 
 from pipelines.passthrough import PassthroughPipeline
-from streamer.control import ParamsController
-from streamer.control_http import ControlServer
+from streamer.control.http import ControlServer
+from streamer.control.params import ParamsController
+from streamer.engine.worker import GpuWorker
 from streamer.server.auth import Access
 from streamer.server.bodies import loads_object
-from streamer.worker import GpuWorker
 from tests.servers import serving
 from tests.webrtc_helpers import InvertingPipeline, loopback_ice, open_browser_like
 

@@ -22,8 +22,8 @@ from av.video.reformatter import Colorspace
 from media import first_frame, make_clip, probe
 
 from pipelines.frames import FramePipeline
+from streamer.engine.file_job import stylize_file
 from streamer.eval.clips import read_clip
-from streamer.file_job import stylize_file
 from streamer.sinks.av_sink import AvSink
 from streamer.sinks.base import SinkError
 from streamer.sources import open_source

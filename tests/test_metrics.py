@@ -1,4 +1,4 @@
-"""Metrics: one recorder (streamer.stats.RunStats) and one Prometheus exporter (streamer.prometheus) for
+"""Metrics: one recorder (streamer.observe.stats.RunStats) and one Prometheus exporter (streamer.observe.prometheus) for
 `streamer run --control-port` and `streamer serve`: the same names and types on both (scraped from the real
 commands), valid exposition text, and the --stats JSON made of the same numbers."""
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 
-from streamer.prometheus import exposition
-from streamer.stats import RunStats
+from streamer.observe.prometheus import exposition
+from streamer.observe.stats import RunStats
 from tests.servers import start_streamer
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*\})? (\S+)$')

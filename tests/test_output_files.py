@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from media import AAC_FRAME_SAMPLES, AUDIO_RATE, file_size, make_clip, pattern_frame, probe
 
-from streamer.frames import Frame
+from streamer.media.frames import Frame
 from streamer.sinks.av_sink import AvSink
 from streamer.sinks.base import SinkError
 

@@ -261,7 +261,7 @@ def test_control_port_refuses_a_bad_change_whole_and_takes_the_next(tmp_path: Pa
             time.sleep(0.3)
     finally:
         code, err = stop(process, signal.SIGTERM)
-    assert code == 128 + signal.SIGTERM, err  # a stop by signal exits 128+N (streamer.stop_signals)
+    assert code == 128 + signal.SIGTERM, err  # a stop by signal exits 128+N (streamer.engine.stop_signals)
     assert "Traceback" not in err
 
 

@@ -9,7 +9,7 @@ import time
 import pytest
 from conftest import StartServer, free_port
 
-from streamer.frames import Frame
+from streamer.media.frames import Frame
 from streamer.sources import SourceTimeout, open_source
 from streamer.sources.network import NetworkSource
 

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 
 from pipelines.passthrough import PassthroughPipeline
-from streamer.frames import Frame
-from streamer.runtime import Runtime
+from streamer.engine.runtime import Runtime
+from streamer.engine.worker import GpuWorker
+from streamer.media.frames import Frame
+from streamer.media.slots import FrameSlot, SlotTimeout
+from streamer.observe.stats import RunStats
 from streamer.sinks.av_sink import AvSink
 from streamer.sinks.base import Sink
-from streamer.slots import FrameSlot, SlotTimeout
 from streamer.sources.testsrc import TestSource, marks_age_ms, read_marks, write_marks
-from streamer.stats import RunStats
-from streamer.worker import GpuWorker
 
 
 class MarkReadingSink(Sink):

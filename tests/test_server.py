@@ -18,8 +18,8 @@ import aiohttp
 import numpy as np
 import pytest
 
-from streamer.prometheus import exposition
-from streamer.stats import RunStats
+from streamer.observe.prometheus import exposition
+from streamer.observe.stats import RunStats
 from tests.servers import ROOT, serving, start_streamer
 from tests.webrtc_helpers import (
     BRIGHT,
@@ -455,9 +455,9 @@ def test_serve_source_latency_counts_from_the_source_capture_time():
     from aiortc import RTCConfiguration
 
     from pipelines.passthrough import PassthroughPipeline
+    from streamer.engine.worker import GpuWorker
     from streamer.server.sessions import SessionManager, SourceFeed
     from streamer.sources.testsrc import TestSource, marks_age_ms, read_marks
-    from streamer.worker import GpuWorker
 
     class LateTestSource(TestSource):  # like a slow decoder: frames come 250 ms after their capture
         def read(self, timeout: float | None = None):

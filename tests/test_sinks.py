@@ -10,16 +10,16 @@ import pytest
 import pyvirtualcam
 
 from pipelines.passthrough import PassthroughPipeline
-from streamer.frames import Frame
-from streamer.runtime import Runtime
+from streamer.engine.runtime import Runtime
+from streamer.engine.worker import GpuWorker
+from streamer.media.frames import Frame
+from streamer.observe.stats import RunStats
 from streamer.sinks.av_sink import AvSink
 from streamer.sinks.base import SinkError
 from streamer.sinks.factory import make_sink, make_sinks
 from streamer.sinks.preview import PreviewSink
 from streamer.sinks.virtualcam import VirtualCamSink
 from streamer.sources.testsrc import TestSource, read_marks
-from streamer.stats import RunStats
-from streamer.worker import GpuWorker
 
 
 def file_camera_backend(path: Path) -> type:

@@ -19,14 +19,14 @@ import pytest
 from media import make_clip
 
 from pipelines.passthrough import PassthroughPipeline
-from streamer.frames import Frame
-from streamer.runtime import Runtime
+from streamer.engine.runtime import Runtime
+from streamer.engine.worker import GpuWorker
+from streamer.media.frames import Frame
 from streamer.sinks.base import Sink
 from streamer.sources.base import SourceError
 from streamer.sources.files import RealtimeFileSource
 from streamer.sources.threaded import ThreadedSource
 from streamer.sources.webcam import WebcamSource
-from streamer.worker import GpuWorker
 
 ROOT = Path(__file__).resolve().parent.parent
 

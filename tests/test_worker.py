@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from pipelines.passthrough import PassthroughPipeline
-from streamer.frames import Frame
-from streamer.worker import GpuWorker
+from streamer.engine.worker import GpuWorker
+from streamer.media.frames import Frame
 
 
 class GatedPipeline(PassthroughPipeline):

@@ -8,8 +8,8 @@ import sys
 
 from streamer.commands.file import add_encoding_args, check_encoding_args, file_pipeline_config
 from streamer.config import add_pipeline_args
-from streamer.outputs import add_overwrite_argument
-from streamer.stop_signals import EXIT_STATUS_HELP, StopOnSignals
+from streamer.engine.outputs import add_overwrite_argument
+from streamer.engine.stop_signals import EXIT_STATUS_HELP, StopOnSignals
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

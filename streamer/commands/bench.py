@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TextIO
 
 from streamer.config import parse_size
-from streamer.outputs import add_overwrite_argument, check_output, write_text
+from streamer.engine.outputs import add_overwrite_argument, check_output, write_text
 
 ARCHS = ["tiny", "sd15", "tiny-sdxl", "sdxl"]
 

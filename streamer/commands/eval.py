@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from streamer.config import add_pipeline_args, parse_size, pipeline_config_from_args, say
-from streamer.outputs import add_overwrite_argument, check_output, write_file, write_text
+from streamer.engine.outputs import add_overwrite_argument, check_output, write_file, write_text
 
 EPILOG = """examples:
   streamer eval --preset analytic --json eval.json --plot eval.png

@@ -7,8 +7,8 @@ import sys
 
 from pipelines.config import PipelineConfig
 from streamer.config import add_pipeline_args, parse_size, pipeline_config_from_args, say
-from streamer.outputs import add_overwrite_argument, check_output, local_path
-from streamer.stop_signals import EXIT_STATUS_HELP, StopOnSignals
+from streamer.engine.outputs import add_overwrite_argument, check_output, local_path
+from streamer.engine.stop_signals import EXIT_STATUS_HELP, StopOnSignals
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     import threading
 
     from pipelines import load_pipeline
-    from streamer.file_job import stylize_file
+    from streamer.engine.file_job import stylize_file
 
     # The paths first: a wrong one is refused before the model loads.
     check_output(args.output, inputs=[local_path(args.input, what="input")], overwrite=args.overwrite)

@@ -1,6 +1,6 @@
 """`streamer run`: a live source through the model into sinks, until the source ends, --duration, or a signal.
 
-Exit status (the same rule as `streamer file`, see streamer.stop_signals): 0 when the run ends by itself
+Exit status (the same rule as `streamer file`, see streamer.engine.stop_signals): 0 when the run ends by itself
 (the source ended, --duration); 128 + the signal's number after SIGINT (130), SIGTERM (143) or SIGHUP (129):
 capture stops, the frame in flight finishes and every sink is closed, so a recorded file plays. A second
 Ctrl-C abandons the clean stop with 130. 2 when something cannot be opened or a setting is wrong (one line).
@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from streamer.config import SetupConfig, add_pipeline_args, parse_size, pipeline_config_from_args, say
-from streamer.outputs import add_overwrite_argument, check_output
+from streamer.engine.outputs import add_overwrite_argument, check_output
+from streamer.engine.stop_signals import EXIT_STATUS_HELP, StopOnSignals
 from streamer.server.auth import add_access_arguments, allowed_host_names, token_from_args
-from streamer.stop_signals import EXIT_STATUS_HELP, StopOnSignals
 
 EXAMPLES = """examples:
   streamer run --source webcam:0 --sink virtualcam --prompt "a watercolor painting"
@@ -116,11 +116,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_opened(args: argparse.Namespace, source: Any, sinks: list, config: Any, pipeline: Any,
                 setup: SetupConfig) -> int:
-    from streamer.control import ParamsController, TerminalControl, initial_params
-    from streamer.control_http import ControlServer
-    from streamer.runtime import Runtime
-    from streamer.stats import RunStats
-    from streamer.worker import GpuWorker
+    from streamer.control.http import ControlServer
+    from streamer.control.params import ParamsController, TerminalControl, initial_params
+    from streamer.engine.runtime import Runtime
+    from streamer.engine.worker import GpuWorker
+    from streamer.observe.stats import RunStats
 
     stats = RunStats()
     stats_path, control_port = setup.run.stats, setup.run.control_port

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     options.check()  # before loading a model: a bad flag should fail in a second, not after a download
 
     from pipelines import load_pipeline
-    from streamer.control import initial_params
+    from streamer.control.params import initial_params
 
     config = pipeline_config_from_args(args, file_setup)
     options.defaults = initial_params(config)

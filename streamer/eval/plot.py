@@ -129,6 +129,6 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
                  x=0.01, ha="left")
     fig.tight_layout()
     try:
-        fig.savefig(path, dpi=100, format="png")  # into the caller's temporary file (streamer.outputs.write_file)
+        fig.savefig(path, dpi=100, format="png")  # into the caller's temporary file (streamer.engine.outputs.write_file)
     finally:
         plt.close(fig)

@@ -1,1 +1,3 @@
-"""Media plumbing shared by sources, the file job, eval and the tests: PyAV input and decoding (``av_io``)."""
+"""Media plumbing shared by sources, sinks, the file job, eval and the tests: the Frame with its one clock and
+pacer (frames.py), the one latest-frame slot (slots.py), PyAV input and decoding (av_io.py), picture
+orientation and colour tags (picture.py)."""

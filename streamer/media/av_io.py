@@ -2,7 +2,7 @@
 describe FFmpeg errors in the user's terms, decode video frames (and pass audio packets through in file
 order), the frame rate, and the picture's rotation and colour tags from the same open container.
 
-Used by the sources (``streamer.sources``), the file job (``streamer.file_job``), eval's clip reader and
+Used by the sources (``streamer.sources``), the file job (``streamer.engine.file_job``), eval's clip reader and
 the tests' media helpers, so every reader skips damage, reports errors and turns pictures the same way.
 """
 
@@ -19,7 +19,7 @@ import av
 import av.error
 import numpy as np
 
-from streamer.picture import PictureInfo, quarter_turns, upright_size
+from streamer.media.picture import PictureInfo, quarter_turns, upright_size
 from streamer.sources.base import SourceError
 
 log = logging.getLogger(__name__)

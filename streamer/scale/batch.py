@@ -101,7 +101,7 @@ class FileWorker:
     def run(self, item: BatchFile) -> dict[str, Any]:
         """Stylize one file; what became of it as a dict of BatchFile fields (errors are reported, not raised)."""
         from streamer.cli import user_errors
-        from streamer.file_job import stylize_file
+        from streamer.engine.file_job import stylize_file
 
         def count(frames: int) -> None:
             self.frames += frames

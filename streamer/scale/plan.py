@@ -4,7 +4,7 @@ Inputs are files, folders (searched recursively for video files; the output keep
 the folder), glob patterns, or list files (``.txt``: one of those per line, ``#`` comments, paths relative
 to the list's folder). Every output is ``OUT/NAME.EXT`` with the extension given (it picks the container).
 
-A file is done when its output exists: an output only ever gets its name once complete (streamer.outputs).
+A file is done when its output exists: an output only ever gets its name once complete (streamer.engine.outputs).
 The one exception, a file stopped by a signal (its output is playable but ends early), is recorded as
 ``stopped`` in the summary ``OUT/streamer-batch.json``, and a later run does it again. ``--overwrite``
 does every file again.
@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from streamer.outputs import check_output, local_path, write_text
+from streamer.engine.outputs import check_output, local_path, write_text
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,11 @@ from typing import Any
 from aiohttp import web
 
 from pipelines.frames import FramePipeline
-from streamer.control import ChangeFailed
-from streamer.control_http import metrics_response, params_reply, refusal
+from streamer.control.http import metrics_response, params_reply, refusal
+from streamer.control.params import ChangeFailed
+from streamer.engine.stop_signals import STOP_SIGNALS
+from streamer.engine.worker import GpuWorker
+from streamer.observe.stats import RunStats
 from streamer.server import whip
 from streamer.server.auth import PUBLIC_PATHS, PUBLIC_PREFIXES, Access, allowed_host_names, check_bind
 from streamer.server.bodies import READ_TIMEOUT, read_json
@@ -29,9 +32,6 @@ from streamer.server.sessions import (
     ice_configuration,
     restrict_host_candidates,
 )
-from streamer.stats import RunStats
-from streamer.stop_signals import STOP_SIGNALS
-from streamer.worker import GpuWorker
 
 log = logging.getLogger(__name__)
 

@@ -21,14 +21,14 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from pipelines.config import LiveParams
-from streamer.control import ParamsController
+from streamer.control.params import ParamsController
+from streamer.engine.worker import GpuWorker
+from streamer.observe.stats import RunStats, StreamStats
 from streamer.server.bodies import loads_object
 from streamer.server.dtls import dtls_failed, prefer_passive_dtls
 from streamer.server.ice import expire_consent_after, ice_configuration, restrict_host_candidates
 from streamer.server.sdp import OfferError, check_sdp
 from streamer.server.tracks import LatestFrameSlot, SourceFeed, StylizedTrack, ViewerTrack, drain
-from streamer.stats import RunStats, StreamStats
-from streamer.worker import GpuWorker
 
 # Other modules import these from here (they lived here before the split into sdp, ice and tracks).
 __all__ = ["CapacityError", "NotFoundError", "OfferError", "SessionManager", "SourceFeed", "check_sdp",

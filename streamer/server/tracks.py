@@ -3,7 +3,7 @@ copy of a relayed stream, and the server-side source's feed.
 
 Latency, here as in ``run``, is a frame's capture time to its send: for a browser's or WHIP peer's track the
 capture time is when the frame arrived at the server; for ``serve --source`` it is the source's own capture
-time (kept on the frame, streamer.frames.Frame), so the two commands measure the same thing.
+time (kept on the frame, streamer.media.frames.Frame), so the two commands measure the same thing.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import Any
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from streamer.frames import Frame
+from streamer.engine.worker import GpuWorker
+from streamer.media.frames import Frame
+from streamer.observe.stats import StreamStats
 from streamer.sources.base import SourceError, SourceTimeout
 from streamer.sources.threaded import as_threaded
-from streamer.stats import StreamStats
-from streamer.worker import GpuWorker
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class LatestFrameSlot:
     """Holds only the newest input frame of a peer's track; a frame replaced before anyone took it is
     reported to ``on_drop`` at once (so counters stay right whether or not anyone is reading).
 
-    The asyncio flavour of streamer.slots.FrameSlot: aiortc hands frames over on the event loop and the
+    The asyncio flavour of streamer.media.slots.FrameSlot: aiortc hands frames over on the event loop and the
     stylizing track awaits them there, so waiting is an ``asyncio.Event``, not a thread's condition (a
     blocking take would need a thread per session). Frames stay as aiortc decoded them and are converted
     to RGB only when taken (StylizedTrack._to_frame).

@@ -21,9 +21,9 @@ import av
 import av.error
 import numpy as np
 
-from streamer.frames import Frame, PtsClock
-from streamer.outputs import PartialFile, check_output
-from streamer.picture import ColourTags
+from streamer.engine.outputs import PartialFile, check_output
+from streamer.media.frames import Frame, PtsClock
+from streamer.media.picture import ColourTags
 from streamer.sinks.base import Sink, SinkError
 from streamer.sinks.encoders import (
     AudioTranscoder,
@@ -55,7 +55,7 @@ class AvSink(Sink):
     ``low_latency`` (default: on for network targets) uses a fast preset, ``tune=zerolatency``, no
     B-frames and a ``gop`` of about one second. ``options`` are encoder options that win over these
     defaults, e.g. ``{"preset": "slow"}``.
-    A file is written next to ``target`` and renamed over it when closed (streamer.outputs.check_output
+    A file is written next to ``target`` and renamed over it when closed (streamer.engine.outputs.check_output
     says what is refused: an existing ``target`` without ``overwrite``, the same file as one of ``inputs``).
     """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from streamer.frames import Frame
+from streamer.media.frames import Frame
 
 
 class SinkError(RuntimeError):

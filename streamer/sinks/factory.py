@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from streamer.outputs import check_output, local_path
+from streamer.engine.outputs import check_output, local_path
 from streamer.sinks.base import Sink, SinkError
 
 NETWORK_SCHEMES = ("udp", "srt", "rtsp", "rtsps", "rtmp", "rtmps", "tcp")
@@ -23,7 +23,7 @@ SINK_HELP = ("virtualcam, virtualcam:/dev/videoN, preview, a file (out.mp4, out.
 
 def make_sink(spec: str, *, overwrite: bool = False, inputs: Sequence[str | None] = (), **av_options: Any) -> Sink:
     """One sink from its spec; ``av_options`` go to AvSink for files and network outputs (codec, crf...).
-    A file is checked now (streamer.outputs.check_output: ``overwrite``, not one of ``inputs``)."""
+    A file is checked now (streamer.engine.outputs.check_output: ``overwrite``, not one of ``inputs``)."""
     text = spec.strip()
     if not text:
         raise ValueError(f"empty --sink; use one of: {SINK_HELP}")

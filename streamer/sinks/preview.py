@@ -8,9 +8,9 @@ import time
 
 import cv2
 
-from streamer.frames import Frame
+from streamer.media.frames import Frame
+from streamer.observe.stats import Rate
 from streamer.sinks.base import Sink, SinkError
-from streamer.stats import Rate
 
 WINDOW = "streamer preview (q to quit)"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from streamer.frames import Frame
+from streamer.media.frames import Frame
 from streamer.sinks.base import Sink, SinkError
 
 

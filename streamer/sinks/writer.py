@@ -6,10 +6,10 @@ import logging
 import threading
 import time
 
-from streamer.frames import Frame
+from streamer.media.frames import Frame
+from streamer.media.slots import FrameSlot
+from streamer.observe.stats import RunStats
 from streamer.sinks.base import Sink
-from streamer.slots import FrameSlot
-from streamer.stats import RunStats
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +18,7 @@ class SinkWriter:
     """One sink on its own thread behind its own slot (the one FrameSlot: live, a slow sink drops its own
     frames; ``lossless``, it holds the others back instead); counts its drops, write times and latency.
 
-    Latency is the frame's capture time (streamer.frames.Frame) to the end of this sink's write.
+    Latency is the frame's capture time (streamer.media.frames.Frame) to the end of this sink's write.
 
     A sink that fails is logged once, marked ``failed``, and skipped from then on; the others go on.
     """

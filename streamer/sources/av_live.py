@@ -11,7 +11,6 @@ import av
 import av.error
 import numpy as np
 
-from streamer.frames import Pacer, PtsClock
 from streamer.media.av_io import (
     decode_video,
     describe_error,
@@ -20,6 +19,7 @@ from streamer.media.av_io import (
     stream_fps,
     video_to_rgb,
 )
+from streamer.media.frames import Pacer, PtsClock
 from streamer.sources.threaded import CLOCK_TIME_BASE, ThreadedSource, clock_pts
 
 
@@ -42,7 +42,7 @@ class AvLiveSource(ThreadedSource):
     returns an open container) and what an end means (``on_end``, see ThreadedSource).
 
     ``pace``: hold each frame until its pts is due on the wall clock (a file played as if it were a
-    camera), with the one :class:`~streamer.frames.Pacer` (it re-anchors after a stall or a pts jump).
+    camera), with the one :class:`~streamer.media.frames.Pacer` (it re-anchors after a stall or a pts jump).
     Frames from inputs whose timestamps FFmpeg invents (raw MJPEG, multipart JPEG over HTTP) are stamped
     with the capture clock instead: FFmpeg's made-up 25 fps would be wrong for any other rate.
     """

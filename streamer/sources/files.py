@@ -12,7 +12,6 @@ from typing import Any
 import av
 import av.error
 
-from streamer.frames import Frame, PtsClock
 from streamer.media.av_io import (
     decode_video,
     describe_error,
@@ -21,6 +20,7 @@ from streamer.media.av_io import (
     stream_fps,
     video_to_rgb,
 )
+from streamer.media.frames import Frame, PtsClock
 from streamer.sources.av_live import AvLiveSource, low_latency_options
 from streamer.sources.base import Source, SourceError
 

@@ -14,7 +14,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from streamer.frames import Frame
+from streamer.media.frames import Frame
 from streamer.sources.base import Source, SourceError, SourceTimeout
 
 MARK_BITS = 32

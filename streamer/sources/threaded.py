@@ -1,7 +1,7 @@
 """The threaded live source: a reader thread, the one latest-frame slot, and reconnect with backoff.
 
 A live source (camera, network stream, pipe, file played in real time) runs a reader thread that keeps
-only the newest frame in a :class:`~streamer.slots.FrameSlot`, so a slow consumer always gets the most
+only the newest frame in a :class:`~streamer.media.slots.FrameSlot`, so a slow consumer always gets the most
 recent picture instead of falling behind. Frames wait in the slot as the reader got them (a decoded
 ``av.VideoFrame``, a camera's BGR array) and are converted to RGB only when taken: a frame replaced before
 anyone wanted it costs no conversion. Reconnecting with exponential backoff lives here, once; a source says
@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from streamer.frames import Frame
-from streamer.slots import FrameSlot, SlotTimeout
+from streamer.media.frames import Frame
+from streamer.media.slots import FrameSlot, SlotTimeout
 from streamer.sources.base import Source, SourceError, SourceTimeout
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class ThreadedSource(Source):
     ``read(timeout=None)`` returns the newest frame not returned before, waiting up to ``timeout``
     seconds (default: the source's ``timeout``) for one:
 
-    - a :class:`~streamer.frames.Frame` (RGB) when one arrived; frames that arrived in between are
+    - a :class:`~streamer.media.frames.Frame` (RGB) when one arrived; frames that arrived in between are
       dropped (counted in ``dropped``; ``Frame.index`` counts every decoded frame, so gaps show drops);
     - ``None`` when the source has ended for good (a pipe whose writer closed, a file played once in
       real time) or after ``close()``; a network stream or camera never ends: it reconnects;

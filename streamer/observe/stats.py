@@ -1,5 +1,5 @@
 """Every runtime metric in one place, for `streamer run` and `streamer serve` alike: counts, rates, stage
-times, latency. Read as JSON (``--stats``, GET /stats), a status line, or Prometheus text (streamer.prometheus).
+times, latency. Read as JSON (``--stats``, GET /stats), a status line, or Prometheus text (streamer.observe.prometheus).
 
 Threads report events (a frame captured or received, dropped, stylized, written or sent; a batch run) and
 read snapshots; all state is behind one lock. Time series keep a bounded window, so memory stays flat however
@@ -255,8 +255,8 @@ class RunStats:
             }
 
     def write_json(self, path: Path | str, *, overwrite: bool = True) -> None:
-        """The snapshot as JSON, written whole or not at all (streamer.outputs.write_text)."""
-        from streamer.outputs import write_text
+        """The snapshot as JSON, written whole or not at all (streamer.engine.outputs.write_text)."""
+        from streamer.engine.outputs import write_text
 
         write_text(path, json.dumps(self.snapshot(), indent=2) + "\n", overwrite=overwrite)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from streamer.stats import Histogram, RunStats
+from streamer.observe.stats import Histogram, RunStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "streamer"

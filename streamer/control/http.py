@@ -16,12 +16,12 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 
-from streamer.control import ParamsController
-from streamer.prometheus import CONTENT_TYPE, exposition
+from streamer.control.params import ParamsController
+from streamer.observe.prometheus import CONTENT_TYPE, exposition
+from streamer.observe.stats import RunStats
 from streamer.server.auth import Access, allowed_host_names
 from streamer.server.bodies import READ_TIMEOUT, read_json
 from streamer.server.listen import start_http
-from streamer.stats import RunStats
 
 log = logging.getLogger(__name__)
 

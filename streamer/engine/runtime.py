@@ -1,7 +1,7 @@
 """The live path: source -> one latest-frame slot -> GPU worker -> one writer thread (and slot) per sink.
 
 Nothing on the way queues without bound. Between the source and the GPU worker there is one slot
-(streamer.slots.FrameSlot): a threaded source's own (camera, network stream, pipe, file played in real
+(streamer.media.slots.FrameSlot): a threaded source's own (camera, network stream, pipe, file played in real
 time: a newer frame replaces an untaken one, counted as dropped "in the source"), or, for a source read
 on demand (the test pattern), the slot of a SourceReader thread (drops counted "at capture"). Frames are
 converted to RGB only when the GPU side takes them. Each sink's slot holds one frame (a slow sink drops its
@@ -29,12 +29,12 @@ import cv2
 import numpy as np
 
 from pipelines.errors import PipelineError
-from streamer.frames import Frame, Pacer, PtsClock
+from streamer.media.frames import Frame, Pacer, PtsClock
+from streamer.observe.stats import RunStats
 from streamer.sinks.base import Sink, SinkError
 from streamer.sinks.writer import SinkWriter
 from streamer.sources.base import Source, SourceError, SourceTimeout
 from streamer.sources.threaded import as_threaded
-from streamer.stats import RunStats
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Stylize a whole video file: every frame, original timestamps, audio remuxed unchanged.
 
 The job opens the input (``streamer.media.av_io``) and the output (``AvSink``), then runs the decode,
-model and encode stages of ``streamer.file_stages`` and sums up what they did.
+model and encode stages of ``streamer.engine.file_stages`` and sums up what they did.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.frames import FramePipeline
-from streamer.file_stages import run_stages
+from streamer.engine.file_stages import run_stages
+from streamer.engine.outputs import check_output, local_path
 from streamer.media.av_io import (
     DEFAULT_FPS,
     decode_media,
@@ -21,8 +22,7 @@ from streamer.media.av_io import (
     peek_picture,
     stream_fps,
 )
-from streamer.outputs import check_output, local_path
-from streamer.picture import upright_size
+from streamer.media.picture import upright_size
 from streamer.sinks.av_sink import AvSink
 from streamer.sources.base import SourceError
 
@@ -103,7 +103,7 @@ def stylize_file(
     the video, else the input's shown size is kept. ``codec`` None: by the output's container.
     Setting ``stop``, or Ctrl-C in the calling thread, ends the job early: frames already stylized are
     written, the file is finalized and playable, and the summary says ``interrupted``. A second Ctrl-C
-    abandons it. ``out_path`` gets its name only once complete (streamer.outputs); an existing one is
+    abandons it. ``out_path`` gets its name only once complete (streamer.engine.outputs); an existing one is
     replaced only with ``overwrite``, and never when it is the input file.
     Raises SourceError (unreadable input), SinkError (unwritable output) or ValueError (bad arguments).
     """

@@ -22,12 +22,12 @@ import av
 import numpy as np
 
 from pipelines.frames import FramePipeline
-from streamer.frames import Frame
 from streamer.media.av_io import MediaItem, video_to_rgb
+from streamer.media.frames import Frame
 from streamer.sinks.av_sink import AvSink
 
 if TYPE_CHECKING:
-    from streamer.file_job import FileJobSummary
+    from streamer.engine.file_job import FileJobSummary
 
 QUEUE_ITEMS = 48  # per queue: a few batches of frames plus the audio packets between them
 POLL_SECONDS = 0.1  # how often a blocked stage looks up to see whether it should stop

@@ -18,7 +18,7 @@ import numpy as np
 
 from pipelines.config import LiveParams
 from pipelines.frames import FramePipeline
-from streamer.frames import Frame
+from streamer.media.frames import Frame
 
 log = logging.getLogger(__name__)
 
