@@ -224,7 +224,10 @@ def test_browser_page_streams_camera_and_applies_prompt(tmp_path: Path) -> None:
                 fps = float(await page.text_content("#fps"))
                 latency = float(await page.text_content("#latency"))
                 print(f"browser session: {fps:.1f} fps, {latency:.0f} ms server latency")
-                assert fps > 0
+                # What they measure: frames the model returned per second, bounded by the fake camera's 30 fps
+                # (a wrong unit, e.g. per millisecond or a frame count, falls outside), and a real round trip.
+                assert 0.5 <= fps <= 35, fps
+                assert 0 < latency < 5000, latency
 
                 # Mirror: "m" and the checkbox flip both videos (display only).
                 transform = "getComputedStyle(document.getElementById('{}')).transform"
