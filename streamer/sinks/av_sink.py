@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import av
 import av.error
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from streamer.engine.outputs import PartialFile, check_output
 from streamer.media.frames import Frame, PtsClock
@@ -97,6 +98,7 @@ class AvSink(Sink):
         self._audio_map: dict[int, av.stream.Stream] = {}
         self._transcoders: dict[int, AudioTranscoder] = {}  # input audio streams transcoded, not copied
         self._colour: ColourTags | None = None
+        self._reformatter = VideoReformatter()  # one scaler set-up for the whole stream
         self._time_base = NETWORK_TIME_BASE
         self._copy_pts = False
         self._fps = 30.0
@@ -239,7 +241,7 @@ class AvSink(Sink):
             raise SinkError(f"{self.target}: write() before open()")
         image = np.ascontiguousarray(frame.image)
         if self._colour is not None and self.pixel_format.startswith("yuv"):
-            video_frame = self._colour.to_yuv(image, self.pixel_format, self.width, self.height)
+            video_frame = self._colour.to_yuv(image, self.pixel_format, self.width, self.height, self._reformatter)
         else:
             video_frame = av.VideoFrame.from_ndarray(image, format="rgb24")
         video_frame.pts = self._next_pts(frame)
