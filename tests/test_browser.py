@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers import start_streamer
 from tests.webrtc_helpers import BRIGHT, DARK, write_y4m
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,25 +97,18 @@ def server_in_namespace(tmp_path: Path, command: list[str] | None = None) -> Ite
     server are stopped (and checked gone)."""
     if not namespaces_work():
         pytest.skip("cannot create a network namespace here (unshare -n needs root or user namespaces)")
-    log = tmp_path / "server.log"
     setup = "ip link set lo up && ip addr add 127.0.0.2/8 dev lo && exec \"$0\" \"$@\""
-    with open(log, "wb") as err:
-        server = subprocess.Popen(
-            ["unshare", "-n", "--", "sh", "-c", setup, *(command or [
-                sys.executable, str(ROOT / "tests" / "webrtc_helpers.py"), "serve", "--port", str(PORT),
-                "--token", TOKEN])],
-            stdout=err, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    served = start_streamer([], tmp_path / "server.log", "serving on", timeout=30, cwd=ROOT,
+                            program=command or [sys.executable, str(ROOT / "tests" / "webrtc_helpers.py"), "serve",
+                                                "--port", str(PORT), "--token", TOKEN],
+                            prefix=["unshare", "-n", "--", "sh", "-c", setup])
+    server = served.process
     browser_pids = tmp_path / "browser.pids"
     wrapper = tmp_path / "chromium-in-namespace"
     wrapper.write_text(f"#!/bin/sh\necho $$ >> {browser_pids}\n"
                        f"exec nsenter --net=/proc/{server.pid}/ns/net {CHROMIUM} \"$@\"\n")
     wrapper.chmod(0o755)
     try:
-        deadline = time.monotonic() + 30
-        while "serving on" not in log.read_text():
-            assert server.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
         try:
             yield wrapper
         finally:
@@ -122,9 +116,8 @@ def server_in_namespace(tmp_path: Path, command: list[str] | None = None) -> Ite
                 stop_process_group(pid)  # a no-op once Playwright closed it; the cure if close hung
                 assert not group_alive(pid), "Chromium processes survived the test"
     finally:
-        stop_process_group(server.pid)
-        server.wait(timeout=10)
-    assert server.returncode == 0 and "shutting down" in log.read_text(), log.read_text()
+        code = served.stop()
+    assert code == 0 and "shutting down" in served.text(), served.text()
 
 
 async def launch(playwright, wrapper: Path, *flags: str):
