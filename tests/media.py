@@ -9,6 +9,8 @@ made with numpy in whole-array operations (no per-pixel Python loops).
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -231,3 +233,20 @@ def file_size(path: str | Path) -> int:
         return os.path.getsize(path)
     except OSError:
         return 0
+
+
+def partials(folder: Path) -> list[Path]:
+    """The partial files a job writes in ``folder`` until its outputs are complete (streamer.engine.outputs)."""
+    return sorted(folder.glob(".*.partial-*"))
+
+
+def wait_for_partial(process: subprocess.Popen[str], folder: Path, size: int, limit: float = 180) -> Path:
+    """The job's partial file once it holds ``size`` bytes (the job is then well under way)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the job ended before it could be stopped: " + process.communicate()[1]
+        found = partials(folder)
+        if found and file_size(found[0]) >= size:
+            return found[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no partial file of {size} bytes after {limit} s")

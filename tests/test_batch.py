@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from media import decode_frames, file_size, make_clip, probe, write_garbage
+from media import decode_frames, make_clip, probe, wait_for_partial, write_garbage
 
 # One thread per model process: on a shared 2-core machine more threads only wait for each other.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
@@ -199,11 +199,7 @@ def test_sigterm_stops_with_playable_files_and_a_rerun_completes_them(tmp_path: 
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=ENV)
     try:
-        deadline = time.monotonic() + 120
-        while sum(map(file_size, out.glob(".p.partial-*"))) < 100_000 and proc.poll() is None \
-                and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, "the batch ended before it could be stopped"
+        wait_for_partial(proc, out, 100_000, limit=120)
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=120)
     finally:

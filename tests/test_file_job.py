@@ -19,11 +19,11 @@ from media import (
     AUDIO_RATE,
     corrupt_copy,
     decode_frames,
-    file_size,
     make_audio_only,
     make_clip,
     probe,
     truncate_copy,
+    wait_for_partial,
     write_garbage,
 )
 
@@ -246,12 +246,8 @@ def test_ctrl_c_leaves_a_playable_file_and_exits_130(tmp_path: Path) -> None:
                              "passthrough", "--encoder-preset", "medium", "--no-progress"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
         # OUT gets its name only when complete: the job writes .out.partial-PID.mp4 until then.
-        while sum(map(file_size, tmp_path.glob(".out.partial-*"))) < 200_000 and proc.poll() is None \
-                and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, "the job ended before it could be interrupted"
+        wait_for_partial(proc, tmp_path, 200_000, limit=120)
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
     finally:

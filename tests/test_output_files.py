@@ -14,7 +14,15 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from media import AAC_FRAME_SAMPLES, AUDIO_RATE, file_size, make_clip, pattern_frame, probe
+from media import (
+    AAC_FRAME_SAMPLES,
+    AUDIO_RATE,
+    make_clip,
+    partials,
+    pattern_frame,
+    probe,
+    wait_for_partial,
+)
 
 from streamer.media.frames import Frame
 from streamer.sinks.av_sink import AvSink
@@ -43,22 +51,6 @@ def one_error_line(stderr: str) -> str:
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("streamer: error: "), stderr
     return lines[0]
-
-
-def partials(folder: Path) -> list[Path]:
-    return sorted(folder.glob(".*.partial-*"))
-
-
-def wait_for_partial(process: subprocess.Popen[str], folder: Path, size: int, limit: float = 180) -> Path:
-    """The job's partial file once it holds ``size`` bytes (the job is then well under way)."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the job ended before it could be stopped: " + process.communicate()[1]
-        found = partials(folder)
-        if found and file_size(found[0]) >= size:
-            return found[0]
-        time.sleep(0.05)
-    raise AssertionError(f"no partial file of {size} bytes after {limit} s")
 
 
 def finish(process: subprocess.Popen[str], timeout: float = 120) -> str:
