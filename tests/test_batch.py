@@ -325,3 +325,23 @@ def test_ray_worker_that_cannot_load_the_model_is_one_line(clips: Path, tmp_path
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("streamer: error:")]
     assert len(errors) == 1 and "a Ray worker could not load the model: offline" in errors[0], done.stderr
+
+
+def test_a_file_whose_job_failed_is_done_again_not_skipped(tmp_path: Path) -> None:
+    """A failed job keeps what was stylized under its output's name (as `streamer file` does); the summary
+    says it failed, so the next run redoes it instead of taking the short file as done."""
+    import json
+
+    from streamer.scale.plan import SUMMARY_NAME, plan
+
+    clips, out = tmp_path / "in", tmp_path / "out"
+    clips.mkdir()
+    out.mkdir()
+    for name in ("a", "b"):
+        (clips / f"{name}.mp4").write_bytes(b"input")
+        (out / f"{name}.mp4").write_bytes(b"an earlier output")
+    (out / SUMMARY_NAME).write_text(json.dumps({"files": {"a.mp4": {"status": "failed", "frames": 6},
+                                                         "b.mp4": {"status": "done", "frames": 30}}}))
+    files, _ = plan([str(clips)], out, ext="mp4", overwrite=False)
+    status = {item.name: (item.status, item.overwrite) for item in files}
+    assert status == {"a.mp4": ("pending", True), "b.mp4": ("skipped", False)}

@@ -163,8 +163,10 @@ def plan(specs: list[str], out_dir: str | Path, *, ext: str, overwrite: bool) ->
         for folder in sorted(created, key=lambda p: len(p.parts)):
             folder.mkdir(exist_ok=True)
         for item in files:
-            stopped = previous.get(item.name, {}).get("status") == "stopped"
-            item.overwrite = overwrite or stopped
+            # A file stopped by a signal, or whose job failed, was published short (what was stylized is
+            # kept): it is done again, not skipped.
+            unfinished = previous.get(item.name, {}).get("status") in ("stopped", "failed")
+            item.overwrite = overwrite or unfinished
             if os.path.lexists(item.output) and not item.overwrite:
                 if Path(item.output).is_file() and not any(os.path.samefile(item.output, p) for p in inputs):
                     _mark_skipped(item, previous.get(item.name, {}))
