@@ -164,3 +164,24 @@ def test_run_and_serve_export_the_same_metric_names_and_types(tmp_path: Path) ->
                        "streamer_model_seconds": "histogram", "streamer_fps": "gauge"}.items():
         assert run_types.get(name) == kind, name
     assert value(serve_families, "streamer_sessions", kind="browser") == 0
+
+
+def test_serve_counts_a_source_slot_drop_once() -> None:
+    """`serve --source` counts a drop of the source's slot as it happens (while someone watches); the
+    source's own running count of the same drops is then not added a second time. `run` reads that count."""
+    class Source:  # what a threaded source reports: its slot's drops and its reconnects
+        dropped, reconnects = 0, 0
+
+    source = Source()
+    serve, run = RunStats(), RunStats()
+    serve.watch_source(source, drops=False)
+    run.watch_source(source)
+    watched = serve.stream()
+    for _ in range(3):  # the slot replaced three frames: the source counts them, serve's callback too
+        source.dropped += 1
+        watched.frame_dropped()
+    source.reconnects = 1
+    assert serve.snapshot()["dropped"] == 3 and serve.snapshot()["reconnects"] == 1
+    assert 'streamer_frames_dropped_total{where="capture"} 3\n' in exposition(serve)
+    assert "source" not in serve.snapshot()["dropped_at"]
+    assert run.snapshot()["dropped_at"]["source"] == 3

@@ -121,7 +121,8 @@ class RunStats:
         self.dropped_capture = 0
         self.sessions_started = 0
         self.no_signal = False
-        self._sources: list[Any] = []  # sources that may count ``reconnects`` and ``dropped``
+        self._sources: list[Any] = []  # sources whose ``reconnects`` are reported
+        self._drop_sources: list[Any] = []  # ... and those whose own ``dropped`` count is reported
         self.rate_in, self.rate_out = Rate(), Rate()
         self.stages = {"queue": Series(), "gpu": Series(), "model": Series()}
         self.latency = Series()
@@ -131,10 +132,13 @@ class RunStats:
                            "model_seconds": Histogram(MODEL_BUCKETS)}
 
     # --- events -------------------------------------------------------------------------------------
-    def watch_source(self, source: Any) -> None:
-        """Report ``source.reconnects`` and ``source.dropped`` (frames its own reader replaced before they
-        were read) in every snapshot, for sources that count them."""
+    def watch_source(self, source: Any, *, drops: bool = True) -> None:
+        """Report ``source.reconnects`` and, with ``drops``, ``source.dropped`` (frames its own reader replaced
+        before they were read) in every snapshot. ``serve`` counts those drops itself as they happen (only
+        while someone watches), so it watches reconnects only: each drop is counted once."""
         self._sources.append(source)
+        if drops:
+            self._drop_sources.append(source)
 
     def captured(self, now: float | None = None) -> None:
         with self._lock:
@@ -210,7 +214,7 @@ class RunStats:
         return sum(s.reconnects for s in self._sources)
 
     def dropped_in_source(self) -> int | None:
-        counts = [s.dropped for s in self._sources if s.dropped is not None]
+        counts = [s.dropped for s in self._drop_sources if s.dropped is not None]
         return sum(counts) if counts else None
 
     def snapshot(self) -> dict[str, Any]:

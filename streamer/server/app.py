@@ -113,7 +113,8 @@ def create_app(options: ServerOptions, worker: GpuWorker, metrics: RunStats | No
                              connect_timeout=options.connect_timeout, defaults=options.defaults)
     if source_feed is not None:
         manager.add_source(source_feed)
-        metrics.watch_source(source_feed.source)  # its reconnects and its reader's drops
+        # Its reconnects; its slot's drops are counted by the session manager as they happen (add_source).
+        metrics.watch_source(source_feed.source, drops=False)
     access = Access(token=options.token, bound_host=options.host,
                     allow_hosts=allowed_host_names(options.allow_hosts), public_paths=PUBLIC_PATHS,
                     public_prefixes=PUBLIC_PREFIXES)
