@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 
+import aiohttp
 import pytest
 from http_helpers import call, one_line
 
@@ -140,3 +141,28 @@ def test_allow_host_adds_a_name_and_a_wildcard_bind_takes_addresses_only() -> No
     everywhere = Access(bound_host="0.0.0.0")
     assert everywhere.host_allowed("192.168.1.5:8080") and everywhere.host_allowed("[fe80::1]:8080")
     assert not everywhere.host_allowed("gpu-box:8080") and not everywhere.host_allowed("a b")
+
+
+def test_a_hostile_json_body_does_not_stall_the_server() -> None:
+    """A body of 128 kB of escaped quotes in an unclosed string (the depth pre-check once backtracked over it
+    for about a minute, on the event loop) is refused with one line, and the server answers others meanwhile."""
+    hostile = b'{"prompt": "' + b'\\"' * 64_000
+
+    async def scenario() -> None:
+        async with serving(InvertingPipeline()) as server:
+            async with aiohttp.ClientSession() as http:
+                started = time.monotonic()
+                post = asyncio.ensure_future(http.post(f"{server.url}/offer", data=hostile,
+                                                       headers={"Content-Type": "application/json"}))
+                await asyncio.sleep(0.05)
+                async with http.get(f"{server.url}/healthz") as response:  # the loop is free meanwhile
+                    assert response.status == 200
+                answered = time.monotonic() - started
+                response = await asyncio.wait_for(post, 30)
+                assert response.status == 400, await response.text()
+                assert "not valid JSON" in one_line(await response.text())
+                response.release()
+                print(f"another request answered after {answered:.2f} s while the hostile body was read")
+                assert answered < 5, answered  # was about a minute: every session's video stalled with it
+
+    asyncio.run(scenario())
