@@ -61,6 +61,34 @@ class SmoothingConfig(BaseModel):
     scene_cut_threshold: Number = Field(0.12, gt=0.0, description="mean input change (0-1) treated as a cut: state reset")
 
 
+ControlType = Literal["canny", "depth", "previous", "input"]
+CONTROL_TYPES: tuple[str, ...] = get_args(ControlType)
+ControlScale = Annotated[float, _NotBool, Field(ge=0.0, le=2.0)]
+CannyThreshold = Annotated[float, _NotBool, Field(ge=0.0, le=1000.0)]
+
+
+class ControlNetConfig(BaseModel):
+    """One ControlNet: its model, the control image it is given, and how strongly it steers."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    model_id: str = Field(..., min_length=1, description="ControlNet hub id or local folder")
+    type: ControlType = Field("canny", description="control image: canny, depth, previous (last output), input")
+    scale: ControlScale = Field(1.0, description="conditioning scale, 0-2")
+
+
+class ControlSettings(BaseModel):
+    """The ControlNet settings a stream changes live; ``scale`` and ``type`` hold one value per net."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    enabled: bool = True
+    scale: list[ControlScale] = Field(default_factory=list)
+    type: list[ControlType] = Field(default_factory=list)
+    canny_low: CannyThreshold = Field(100.0, description="canny: gradients below this are never edges (0-255 scale)")
+    canny_high: CannyThreshold = Field(200.0, description="canny: gradients above this are always edges")
+
+
 class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -95,6 +123,14 @@ class PipelineConfig(BaseModel):
         None, description="folder that keeps compiled code between starts (TORCHINDUCTOR_CACHE_DIR, when set, "
         "wins); None = torch's default, a temporary folder")
     smoothing: SmoothingConfig = Field(default_factory=SmoothingConfig)
+    controlnets: list[ControlNetConfig] = Field(default_factory=list, max_length=4,
+                                                description="ControlNets applied to every stream (at most 4)")
+    controlnet_enabled: bool = Field(True, description="streams start with the ControlNets on")
+    canny_low: CannyThreshold = 100.0
+    canny_high: CannyThreshold = 200.0
+    depth_model_id: str = Field("depth-anything/Depth-Anything-V2-Small-hf",
+                                description="transformers depth estimator for 'depth' control images")
+    depth_resolution: int = Field(518, ge=14, le=2048, description="side the depth estimator sees (multiple of 14)")
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:
@@ -105,7 +141,19 @@ class PipelineConfig(BaseModel):
             raise ValueError(f"family {self.family!r} needs model_id (a hub id or a local folder)")
         if self.family == "lcm-lora" and not self.lora_id:
             raise ValueError("family 'lcm-lora' needs lora_id (e.g. latent-consistency/lcm-lora-sdv1-5)")
+        if self.controlnets and self.family not in ("lcm", "lcm-lora", "turbo", "tiny"):
+            raise ValueError(f"family {self.family!r} takes no ControlNet; use lcm, lcm-lora or turbo")
+        if self.canny_low > self.canny_high:
+            raise ValueError(f"canny_low ({self.canny_low:g}) must not be above canny_high ({self.canny_high:g})")
+        if self.depth_resolution % 14:
+            raise ValueError(f"depth_resolution must be a multiple of 14, got {self.depth_resolution}")
         return self
+
+    def control_settings(self) -> ControlSettings:
+        """A new stream's ControlNet settings."""
+        return ControlSettings(enabled=self.controlnet_enabled, scale=[c.scale for c in self.controlnets],
+                               type=[c.type for c in self.controlnets], canny_low=self.canny_low,
+                               canny_high=self.canny_high)
 
 
 class LiveParams(BaseModel):
@@ -126,6 +174,7 @@ class LiveParams(BaseModel):
     guidance_scale: Guidance | None = None
     seed: Seed | None = None
     smoothing: dict[str, Any] | None = None
+    controlnet: dict[str, Any] | None = None
 
     @classmethod
     def parse(cls, data: Any) -> LiveParams:
@@ -162,6 +211,13 @@ class LiveParams(BaseModel):
                                  ) from None
             return {name: getattr(checked, name) for name in value}
         raise ValueError(f"smoothing must be {_SMOOTHING_VALUES}, got {_shown(value)}")
+
+    @field_validator("controlnet", mode="before")
+    @classmethod
+    def _controlnet(cls, value: Any) -> Any:
+        from pipelines.conditioning.settings import parse_control_change
+
+        return parse_control_change(value)
 
 
 def _number(x: float) -> str:
@@ -203,6 +259,10 @@ def describe(field: FieldInfo) -> str | None:
 
 def _describe_live(name: str) -> str:
     field = PipelineConfig.model_fields.get(name)
+    if name == "controlnet":
+        from pipelines.conditioning.settings import CONTROL_VALUES
+
+        return CONTROL_VALUES
     return (describe(field) if field is not None else None) or _SMOOTHING_VALUES
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipelines.conditioning.controlnet import Control, ControlNetSteps, unet_residual_kwargs
 from pipelines.config import PipelineConfig
 from pipelines.errors import PipelineError
 from pipelines.frames import FramePipeline, check_frames
@@ -27,7 +28,7 @@ from pipelines.transfers import HostToDevice, PendingFrames
 log = logging.getLogger(__name__)
 
 
-class StreamPipeline(StreamParams, FramePipeline):
+class StreamPipeline(StreamParams, ControlNetSteps, FramePipeline):
     """Frames in, stylized frames out. ``pipe(frames, stream_ids)``; ``pipe.update(stream_id, prompt=...)``
     (per-stream state and live changes: pipelines/stream_state.py)."""
 
@@ -162,7 +163,8 @@ class StreamPipeline(StreamParams, FramePipeline):
             for j, i in enumerate(run):
                 if smoothers[i] is not None:
                     latents[j] = smoothers[i].blend_input(latents[j])
-            denoised = self.denoise(latents, run_states)
+            control = self.prepare_control(images if everyone else images[run], run_states)
+            denoised = self.denoise(latents, run_states, control)
             for j, i in enumerate(run):
                 if smoothers[i] is not None:
                     denoised[j] = smoothers[i].blend_output(denoised[j])
@@ -171,11 +173,13 @@ class StreamPipeline(StreamParams, FramePipeline):
                 if smoothers[i] is not None:
                     smoothers[i].remember_output(decoded[j])
             if everyone:
+                self.remember_outputs(decoded, states)
                 return decoded
             out[run] = decoded
         for i in range(len(states)):
             if skip[i]:
                 out[i] = smoothers[i].previous_output()
+        self.remember_outputs(out, states)
         return out
 
     # The three model calls, tensors in and out: the seams pipelines/compiled.py replaces with compiled
@@ -193,17 +197,20 @@ class StreamPipeline(StreamParams, FramePipeline):
 
     def unet_forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                      timestep_cond: torch.Tensor | None = None, text_embeds: torch.Tensor | None = None,
-                     time_ids: torch.Tensor | None = None) -> torch.Tensor:
+                     time_ids: torch.Tensor | None = None, *residuals: torch.Tensor) -> torch.Tensor:
+        """``residuals``: a ControlNet's (down blocks..., mid block), added inside the UNet."""
         added = None if text_embeds is None else {"text_embeds": text_embeds, "time_ids": time_ids}
         return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states,
-                         timestep_cond=timestep_cond, added_cond_kwargs=added, return_dict=False)[0]
+                         timestep_cond=timestep_cond, added_cond_kwargs=added, return_dict=False,
+                         **unet_residual_kwargs(residuals))[0]
 
     @staticmethod
     def _columns(rows: torch.Tensor) -> list[torch.Tensor]:
         """(B, n) per-frame numbers -> n tensors of shape (B, 1, 1, 1) that broadcast over latents."""
         return [rows[:, i].view(-1, 1, 1, 1) for i in range(rows.shape[1])]
 
-    def denoise(self, latents: torch.Tensor, states: list[StreamState]) -> torch.Tensor:
+    def denoise(self, latents: torch.Tensor, states: list[StreamState], control: Control | None = None
+                ) -> torch.Tensor:
         """Noise each frame at its stream's first timestep, then run every stream's steps, batched."""
         _, alpha0, sigma0, *_ = self._columns(torch.stack([s.step_table[0] for s in states]))
         noise0 = torch.stack([s.noise[0] for s in states])
@@ -219,7 +226,8 @@ class StreamPipeline(StreamParams, FramePipeline):
             sub = states if whole else [states[i] for i in active]
             rows = torch.stack([s.step_table[k] for s in sub])
             xs = x if whole else x[active]
-            model_out = self._unet(xs, rows[:, 0], sub)
+            model_out = self._unet(xs, rows[:, 0], sub,
+                                   control if whole or control is None else control.select(active))
             _, alpha, sigma, c_out, c_skip, next_alpha, next_sigma = self._columns(rows)
             x0 = predict_original(self.prediction_type, xs, model_out.float(), alpha, sigma)
             denoised = c_out * x0 + c_skip * xs
@@ -249,7 +257,8 @@ class StreamPipeline(StreamParams, FramePipeline):
             if not active:
                 return result.to(self.dtype)
 
-    def _unet(self, x: torch.Tensor, t: torch.Tensor, states: list[StreamState]) -> torch.Tensor:
+    def _unet(self, x: torch.Tensor, t: torch.Tensor, states: list[StreamState], control: Control | None = None
+              ) -> torch.Tensor:
         embeds = [s.embeds for s in states]
         cond = torch.cat([e.cond for e in embeds])
         timestep_cond = None
@@ -262,15 +271,17 @@ class StreamPipeline(StreamParams, FramePipeline):
             pooled = torch.cat([e.pooled for e in embeds])
         sample = x.to(self.dtype)
         if not cfg:
-            return self.unet_forward(sample, t, cond, timestep_cond, pooled, time_ids)
+            return self.unet_forward(sample, t, cond, timestep_cond, pooled, time_ids,
+                                     *self.control_residuals(control, sample, t, cond, pooled, time_ids))
         uncond = torch.cat([e.uncond for e in embeds])
         if self.components.sdxl:
             pooled = torch.cat([torch.cat([e.uncond_pooled for e in embeds]), pooled])
             time_ids = time_ids.repeat(2, 1)
         if timestep_cond is not None:
             timestep_cond = timestep_cond.repeat(2, 1)
-        both = self.unet_forward(torch.cat([sample, sample]), torch.cat([t, t]), torch.cat([uncond, cond]),
-                                 timestep_cond, pooled, time_ids)
+        sample, t, text = torch.cat([sample, sample]), torch.cat([t, t]), torch.cat([uncond, cond])
+        both = self.unet_forward(sample, t, text, timestep_cond, pooled, time_ids,
+                                 *self.control_residuals(control, sample, t, text, pooled, time_ids))
         out_uncond, out_cond = both.float().chunk(2)
         g, no_cfg = self._columns(torch.stack([s.guidance_row for s in states]))
         guided = out_uncond + g * (out_cond - out_uncond)

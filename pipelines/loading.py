@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ class ModelComponents:
     sdxl: bool
     device: torch.device
     dtype: torch.dtype
+    controlnets: list[Any] = field(default_factory=list)  # ControlNetModels, in the config's order
+    depth: Any = None  # the depth estimator of 'depth' control images (pipelines/conditioning)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -97,8 +99,10 @@ _MODEL_FILES = (("model_id", "model_index.json"), ("lora_id", "pytorch_lora_weig
 def check_downloaded(config: PipelineConfig) -> None:
     """Offline, every hub model the config needs and the cache lacks, named at once with one command that
     fetches them all: one trip to a machine with network, not one per model."""
-    needed = [(key, getattr(config, key)) for key, _ in _MODEL_FILES]
-    missing = [(key, model_id) for (key, model_id), (_, filename) in zip(needed, _MODEL_FILES, strict=True)
+    from pipelines.conditioning.loading import needed_models
+
+    needed = [(key, getattr(config, key), filename) for key, filename in _MODEL_FILES] + needed_models(config)
+    missing = [(key, model_id) for key, model_id, filename in needed
                if model_id and not _is_folder(model_id) and not _in_cache(model_id, filename)]
     if not missing or hub_reachable():
         return
@@ -218,5 +222,8 @@ def load_components(config: PipelineConfig) -> ModelComponents:
         pipe.to(dtype=dtype)
     scheduler = _swap_scheduler(pipe, config.family)
     pipe.scheduler = scheduler
+    from pipelines.conditioning.loading import load_controlnets, load_depth
+
     return ModelComponents(pipe.unet.eval(), pipe.vae.eval(), scheduler, pipe, config.family, config.sdxl,
-                           device, dtype)
+                           device, dtype, load_controlnets(config, pipe.unet, device, dtype),
+                           load_depth(config, device, dtype))

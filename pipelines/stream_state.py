@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pipelines.config import LiveParams, PipelineConfig, SmoothingConfig
+from pipelines.conditioning.settings import apply_control_change
+from pipelines.config import ControlSettings, LiveParams, PipelineConfig, SmoothingConfig
 from pipelines.frames import DEFAULT_STREAM
 from pipelines.schedules import StepScalars, build_schedule
 
@@ -58,6 +59,8 @@ class StreamState:
     blend_done: int = 0
     guidance_embedding: torch.Tensor | None = None  # LCM's w embedding (1, D)
     smoother: Any = None
+    control: ControlSettings | None = None  # ControlNet settings (pipelines/conditioning)
+    last_output: torch.Tensor | None = None  # (3, h, w) in [0, 1]: the 'previous' control image
 
 
 class StreamParams:
@@ -85,7 +88,7 @@ class StreamParams:
     def _new_stream(self) -> StreamState:
         c = self.config
         state = StreamState(c.prompt, c.negative_prompt, c.strength, c.num_inference_steps,
-                            c.guidance_scale, c.seed, c.smoothing.model_copy())
+                            c.guidance_scale, c.seed, c.smoothing.model_copy(), control=c.control_settings())
         self._rebuild(state, prompt=True, schedule=True, guidance=True)
         return state
 
@@ -106,6 +109,9 @@ class StreamParams:
         for key in ("prompt", "negative_prompt", "strength", "num_inference_steps", "guidance_scale", "seed"):
             if key in change:
                 setattr(state, key, change[key])
+        if "controlnet" in change:
+            state.control = apply_control_change(state.control, change["controlnet"],
+                                                 len(self.components.controlnets), self.components.depth is not None)
         if "smoothing" in change:
             state.smoothing = SmoothingConfig.model_validate({**state.smoothing.model_dump(),
                                                               **change["smoothing"]})
