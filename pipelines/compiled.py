@@ -165,6 +165,8 @@ class CompiledCall:
             self._give_up(exc)
             return self.eager(*args)
         # CUDA-graph outputs live in the graph's memory and are overwritten by the next replay: copy.
+        if isinstance(out, tuple):  # the ControlNet's residuals
+            return tuple(o[:batch].clone() if self.cuda else o[:batch] for o in out)
         return out[:batch].clone() if self.cuda else out[:batch]
 
 
@@ -190,6 +192,10 @@ def enable_compile(pipe: Any, sizes: list[int], *, backend: str = "inductor",
     # With classifier-free guidance the UNet sees two rows per frame.
     unet_sizes = sorted(set(sizes) | ({2 * s for s in sizes} if pipe.uses_cfg else set()))
     pipe.unet_forward = CompiledCall("UNet", pipe.unet_forward, unet_sizes, device, backend, warn_once)
+    if getattr(getattr(pipe, "components", None), "controlnets", None):
+        pipe.controlnet_forward = CompiledCall("ControlNet", pipe.controlnet_forward, unet_sizes, device, backend,
+                                               warn_once)
+        pipe.control_always = True  # the UNet always gets residuals: one compiled entry, no recompiles
     pipe.compiled_sizes = sorted(set(sizes))
     pipe.warmed_threads = set()
     if not warm:

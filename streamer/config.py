@@ -5,6 +5,7 @@ PipelineConfig. A section's defaults are written once, in its model; a flag left
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipelines.config import PipelineConfig, explain
+from pipelines.config import CONTROL_TYPES, PipelineConfig, explain
 from pipelines.presets import DEFAULT_PRESET, build_config, preset_names, read_yaml
 
 # Where compiled model code is kept between starts (pipelines choose no folder of their own).
@@ -189,6 +190,39 @@ FLAGS = {"prompt": "--prompt", "negative_prompt": "--negative-prompt", "strength
          "dtype": "--dtype", "width": "--resolution width", "height": "--resolution height"}
 
 
+def parse_controlnet(text: str) -> dict[str, Any]:
+    """``ID[:TYPE[:SCALE]]`` -> a ControlNetConfig mapping; ArgumentTypeError (one line) when malformed."""
+    model_id, *rest = text.split(":")
+    if not model_id or len(rest) > 2:
+        raise argparse.ArgumentTypeError(f"expected ID[:TYPE[:SCALE]], e.g. lllyasviel/control_v11p_sd15_canny:"
+                                         f"canny:0.8, got {text!r}")
+    spec: dict[str, Any] = {"model_id": model_id}
+    if rest:
+        if rest[0] not in CONTROL_TYPES:
+            raise argparse.ArgumentTypeError(f"control type must be one of {', '.join(CONTROL_TYPES)}, "
+                                             f"got {rest[0]!r} in {text!r}")
+        spec["type"] = rest[0]
+    if len(rest) == 2:
+        try:
+            scale = float(rest[1])
+        except ValueError:
+            scale = math.nan
+        if not 0 <= scale <= 2:
+            raise argparse.ArgumentTypeError(f"scale must be a number from 0 to 2, got {rest[1]!r} in {text!r}")
+        spec["scale"] = scale
+    return spec
+
+
+def parse_canny(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW:HIGH, e.g. 100:200, got {text!r}") from None
+    if not (0 <= low <= high <= 1000):
+        raise argparse.ArgumentTypeError(f"thresholds must be 0 <= LOW <= HIGH <= 1000, got {text!r}")
+    return low, high
+
+
 def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
     g.add_argument("--preset", default=None, metavar="NAME",
@@ -215,6 +249,15 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default=None, choices=["auto", "float16", "bfloat16", "float32"])
     g.add_argument("--smoothing", choices=["on", "off"], default=None,
                    help="latent temporal smoothing (default on); off = fixed noise only")
+    g.add_argument("--controlnet", type=parse_controlnet, action="append", default=None, metavar="ID[:TYPE[:SCALE]]",
+                   help="a ControlNet (hub id or folder), its control image (canny, depth, previous: the last "
+                        "output, input: the frame; default canny) and scale (0-2, default 1); repeat for several. "
+                        "Replaces the preset's ControlNets")
+    g.add_argument("--canny", type=parse_canny, default=None, metavar="LOW:HIGH",
+                   help="canny thresholds on OpenCV's 0-255 gradient scale (default 100:200)")
+    g.add_argument("--depth-model", default=None, dest="depth_model_id", metavar="ID",
+                   help="transformers depth estimator for depth control images "
+                        "(default depth-anything/Depth-Anything-V2-Small-hf)")
     g.add_argument("--compile", choices=["auto", "on", "off"], default=None,
                    help="torch.compile + CUDA graphs for the model calls (default auto: on CUDA only; "
                         "the first start compiles for a minute or more, later starts use the cache)")
@@ -246,6 +289,13 @@ def pipeline_config_from_args(args: argparse.Namespace, setup: SetupConfig | Non
         overrides["compile"] = args.compile
     if getattr(args, "smoothing", None) is not None:
         overrides["smoothing"] = {"enabled": args.smoothing == "on"}
+    if getattr(args, "controlnet", None):
+        overrides["controlnets"] = args.controlnet
+    if getattr(args, "canny", None) is not None:
+        overrides["canny_low"], overrides["canny_high"] = args.canny
+    if getattr(args, "depth_model_id", None) is not None:
+        overrides["depth_model_id"] = args.depth_model_id
+        labels["depth_model_id"] = "--depth-model"
     config = build_config(preset, overrides, labels)
     if config.compile_cache_dir is None:
         config = config.model_copy(update={"compile_cache_dir": str(COMPILE_CACHE_DIR)})

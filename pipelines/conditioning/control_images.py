@@ -94,7 +94,7 @@ class DepthEstimator:
         depth = F.interpolate(depth, size=(h, w), mode="bicubic", align_corners=False)
         lo = depth.amin(dim=(1, 2, 3), keepdim=True)
         hi = depth.amax(dim=(1, 2, 3), keepdim=True)
-        return ((depth - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1).expand(-1, 3, -1, -1).contiguous()
+        return ((depth - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1).expand(-1, 3, -1, -1).contiguous()
 
 
 def load_depth_estimator(source: str, *, side: int, device: torch.device, dtype: torch.dtype) -> DepthEstimator:

@@ -3,6 +3,7 @@ pipeline's nets when applied to a stream's ``ControlSettings``."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +32,11 @@ def parse_control_change(value: Any) -> dict[str, Any]:
         return {"enabled": value}
     if isinstance(value, str) and value.strip().lower() in ("on", "off", "true", "false"):
         return {"enabled": value.strip().lower() in ("on", "true")}
+    if isinstance(value, str) and value.strip().startswith("{"):  # a terminal line: controlnet {"scale": 0.5}
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError(f"controlnet settings are not valid JSON: {value.strip()[:60]!r}") from None
     if not isinstance(value, Mapping):
         raise ValueError(f"controlnet must be {CONTROL_VALUES}")
     for key in ("type",):
@@ -81,3 +87,9 @@ def apply_control_change(current: ControlSettings, change: Mapping[str, Any], ne
         raise ValueError(f"controlnet.canny_low ({settings['canny_low']:g}) must not be above canny_high "
                          f"({settings['canny_high']:g})")
     return ControlSettings.model_validate(settings)
+
+
+def reported_control(current: Mapping[str, Any], change: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings a stream reports (GET /params) after a change the pipeline accepted."""
+    settings = ControlSettings.model_validate(dict(current))
+    return apply_control_change(settings, change, len(settings.scale)).model_dump()

@@ -27,10 +27,14 @@ def tiny_controlnet(unet: Any, *, seed: int = 0) -> ControlNetModel:
         attention_head_dim=c.attention_head_dim, norm_num_groups=c.norm_num_groups,
         use_linear_projection=c.use_linear_projection, conditioning_embedding_out_channels=(8, 8, 8, 8), **kwargs)
     with torch.no_grad():
-        zero = [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]
-        for conv in zero:
+        for conv in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
             conv.weight.normal_(0.0, 0.05)
             conv.bias.normal_(0.0, 0.05)
+        # The control image's path strong enough that another control image gives another picture.
+        for module in net.controlnet_cond_embedding.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.weight.normal_(0.0, 2.0 / (module.in_channels * 9) ** 0.5)
+        net.controlnet_cond_embedding.conv_out.weight.normal_(0.0, 0.02)
     return net.eval()
 
 

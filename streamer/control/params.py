@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TextIO
 
+from pipelines.conditioning.settings import reported_control
 from pipelines.config import LiveParams, PipelineConfig
 from pipelines.frames import LIVE_PARAMS
 
@@ -32,7 +33,7 @@ class ChangeFailed(RuntimeError):
     not the client's fault (HTTP 503)."""
 
 COMMAND_HELP = ("commands: prompt TEXT | negative_prompt TEXT | strength 0-1 | seed N | steps N | "
-                "guidance X | smoothing on|off | params | help")
+                "guidance X | smoothing on|off | controlnet on|off|{\"scale\": 0.5, ...} | params | help")
 _ALIASES = {"steps": "num_inference_steps", "guidance": "guidance_scale", "negative": "negative_prompt",
             "negative-prompt": "negative_prompt"}
 
@@ -61,8 +62,9 @@ def parse_command(line: str) -> tuple[str, dict[str, Any]]:
 
 def initial_params(config: PipelineConfig) -> dict[str, Any]:
     """The live parameters a pipeline starts with, in the shape GET /params reports."""
-    params = {name: getattr(config, name) for name in LIVE_PARAMS}
+    params = {name: getattr(config, name) for name in LIVE_PARAMS if name in PipelineConfig.model_fields}
     params["smoothing"] = config.smoothing.enabled
+    params["controlnet"] = config.control_settings().model_dump() if config.controlnets else None
     return params
 
 
@@ -107,6 +109,8 @@ class ParamsController:
                 for key, value in params.items():
                     if key == "smoothing":
                         self._current["smoothing"] = value.get("enabled", self._current.get("smoothing", True))
+                    elif key == "controlnet" and isinstance(self._current.get("controlnet"), dict):
+                        self._current["controlnet"] = reported_control(self._current["controlnet"], value)
                     else:
                         self._current[key] = value
                 return dict(self._current)
