@@ -151,7 +151,7 @@ def _machine(device: torch.device) -> dict:
 def run_bench(*, size: str, device_name: str, dtype_name: str, resolution: int, batches: list[int],
               steps_list: list[int], vaes: list[str], strength: float, warmup: int, iterations: int,
               compile_setting: str = "auto", fuse_qkv: str = "auto", channels_last: str = "auto",
-              log: Callable[[str], None] | None = None, checkpoint: Callable[[dict], None] | None = None) -> dict:
+              controlnets: list[int] | None = None, log: Callable[[str], None] | None = None, checkpoint: Callable[[dict], None] | None = None) -> dict:
     """diffusers' pipeline at batch 1 with both VAEs, then the project's frame step (eager, and compiled
     where ``compile_setting`` says) with each of ``vaes`` at every batch size and step count. Compiled batch
     sizes are compiled one at a time in the order given, each just before its rows, so a run cut short
@@ -159,7 +159,8 @@ def run_bench(*, size: str, device_name: str, dtype_name: str, resolution: int, 
 
     SD sizes: an LCM checkpoint's UNet (guidance embedding, w = 8) against
     ``LatentConsistencyModelImg2ImgPipeline``. SDXL sizes: LCM-LoRA style (LCMScheduler, img2img timesteps,
-    guidance 1) against ``StableDiffusionXLImg2ImgPipeline``. ``log`` hears each step and row as it
+    guidance 1) against ``StableDiffusionXLImg2ImgPipeline``. ``controlnets``: counts of ControlNets to time
+    against diffusers' ControlNet pipeline (pipelines/conditioning/bench.py). ``log`` hears each step and row as it
     happens (default: the logger; pipelines print nothing)."""
     log = log or _log.info
     quiet_libraries()  # before diffusers' pipeline classes are imported: they warn at import
@@ -227,6 +228,13 @@ def run_bench(*, size: str, device_name: str, dtype_name: str, resolution: int, 
             baselines[vae_name, steps] = measure.row(f"diffusers {Reference.__name__}", vae_name, 1, steps,
                                                      call_reference)
 
+    if controlnets:
+        from pipelines.conditioning.bench import controlnet_rows
+
+        reference.vae = taesd
+        controlnet_rows(measure, reference, taesd, counts=controlnets, size=size, sdxl=sdxl, resolution=resolution,
+                        strength=strength, steps=steps_list[0], batches=batches, prompt=prompt, family=family,
+                        guidance_scale=guidance_scale, dtype_name=dtype_name, log=log)
     applied = speed_up_modules(reference.unet, full_vae, device, fuse_qkv=fuse_qkv, channels_last=channels_last)
     if applied and should_compile(channels_last, device):
         taesd.to(memory_format=torch.channels_last)

@@ -328,3 +328,30 @@ def test_control_port_changes_the_controlnet_live(tmp_path, net_folder):
     finally:
         code, err = stop(process, signal.SIGTERM)
     assert code == 128 + signal.SIGTERM and "Traceback" not in err, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch,reference", [("tiny", "diffusers SDControlNetImg2Img"),
+                                            ("tiny-sdxl", "diffusers SDXLControlNetImg2Img")])
+def test_bench_times_one_and_two_controlnets_against_diffusers(tmp_path, arch, reference):
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "streamer", "bench", "--device", "cpu", "--quick", "--arch", arch,
+                           "--controlnet", "1,2", "--batch", "2", "--steps", "1", "--vae", "taesd",
+                           "--iterations", "1", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+    for count in (1, 2):
+        ours, theirs = rows[f"streamer frame step + {count} ControlNet (eager)"], rows[f"{reference} x{count}"]
+        assert ours["batch"] == 2 and theirs["batch"] == 1
+        assert abs(ours["ratio_vs_diffusers"] - theirs["ms_per_frame"] / ours["ms_per_frame"]) < \
+            0.01 * ours["ratio_vs_diffusers"] + 0.01
+    costs = [r for name, r in rows.items() if name.startswith("control image:")]
+    assert [r["name"].split()[2] for r in costs] == ["canny", "depth"]
+    assert all(r["ms_per_frame"] > 0 and r["ratio_vs_diffusers"] is None for r in costs)
+    assert "ControlNet" in done.stdout
+
+
+def test_bench_refuses_a_bad_controlnet_count(tmp_path):
+    done = streamer("bench", "--quick", "--controlnet", "5", cwd=tmp_path)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and "at most 4 ControlNets" in lines[0], done.stderr

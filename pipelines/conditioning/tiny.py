@@ -12,8 +12,9 @@ import torch
 from diffusers import ControlNetModel
 
 
-def tiny_controlnet(unet: Any, *, seed: int = 0) -> ControlNetModel:
-    """A ControlNet matching ``unet`` (an SD 1.5- or SDXL-style UNet2DConditionModel), random weights."""
+def tiny_controlnet(unet: Any, *, seed: int = 0, embedding: tuple[int, ...] = (8, 8, 8, 8)) -> ControlNetModel:
+    """A ControlNet matching ``unet`` (an SD 1.5- or SDXL-style UNet2DConditionModel), random weights;
+    ``embedding``: the control image encoder's widths ((16, 32, 96, 256) in the released nets)."""
     torch.manual_seed(seed)
     c = unet.config
     kwargs: dict[str, Any] = {}
@@ -25,7 +26,7 @@ def tiny_controlnet(unet: Any, *, seed: int = 0) -> ControlNetModel:
         in_channels=c.in_channels, block_out_channels=c.block_out_channels, down_block_types=c.down_block_types,
         layers_per_block=c.layers_per_block, cross_attention_dim=c.cross_attention_dim,
         attention_head_dim=c.attention_head_dim, norm_num_groups=c.norm_num_groups,
-        use_linear_projection=c.use_linear_projection, conditioning_embedding_out_channels=(8, 8, 8, 8), **kwargs)
+        use_linear_projection=c.use_linear_projection, conditioning_embedding_out_channels=embedding, **kwargs)
     with torch.no_grad():
         for conv in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
             conv.weight.normal_(0.0, 0.05)

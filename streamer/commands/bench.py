@@ -24,6 +24,13 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def _counts(text: str) -> list[int]:
+    values = _ints(text)
+    if any(v > 4 for v in values):
+        raise argparse.ArgumentTypeError(f"at most 4 ControlNets, got {text!r}")
+    return values
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = ("Random-weight components with the real architecture (no download): SD 1.5 size by "
                      "default, tiny with --quick. Prints a table; --json writes rows with name, batch, steps, "
@@ -54,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fused attention projections in the frame step's UNet (default auto: on CUDA)")
     parser.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
                         help="channels-last layout for the frame step's UNet and VAE (default auto: on CUDA)")
+    parser.add_argument("--controlnet", type=_counts, default=None, metavar="N[,N...]", dest="controlnets",
+                        help="also time the frame step with N random ControlNets (e.g. 1,2) against diffusers' "
+                             "ControlNet img2img pipeline, and the control images' cost (canny, depth estimator)")
     parser.add_argument("--json", type=Path, default=None,
                         help="write the results as JSON to this file (rewritten after each row)")
     add_overwrite_argument(parser)
@@ -88,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         vaes=["taesd", "full"] if args.vae == "both" else [args.vae], strength=args.strength,
         warmup=1 if args.quick else 3, iterations=args.iterations or (5 if args.quick else 20),
         compile_setting=args.compile, fuse_qkv=args.fuse_qkv, channels_last=args.channels_last,
+        controlnets=args.controlnets,
         log=lambda line: print(line, file=sys.stderr, flush=True),
         checkpoint=None if args.json is None else lambda result: write_json(result, args.json),
     )
