@@ -193,6 +193,31 @@ def test_a_refused_change_leaves_the_stream_as_it_was(net_folder, change, match)
     assert pipe.stream("s").control == before and pipe.stream("s").prompt == prompt
 
 
+@pytest.mark.parametrize("preset,settings,match", [
+    ("tiny", {"controlnets": [{"model_id": "x", "type": "edges"}]}, "controlnets.0.type: Input should be 'canny'"),
+    ("tiny", {"controlnets": [{"model_id": "x", "scale": 3}]}, "controlnets.0.scale: .*less than or equal to 2"),
+    ("tiny", {"canny_low": 300}, "canny_low .300. must not be above canny_high .200."),
+    ("tiny", {"depth_resolution": 500}, "depth_resolution must be a multiple of 14"),
+    ("analytic", {"controlnets": [{"model_id": "x"}]}, "family 'analytic' takes no ControlNet"),
+])
+def test_bad_controlnet_settings_in_a_config_are_one_line(preset, settings, match):
+    from pipelines.presets import build_config
+
+    with pytest.raises(PipelineError, match=match) as err:
+        build_config(preset, settings)
+    assert "\n" not in str(err.value)
+
+
+def test_terminal_lines_change_the_controlnet():
+    from streamer.control.params import parse_command
+
+    assert parse_command('controlnet {"scale": 0.5, "type": "depth"}') == (
+        "set", {"controlnet": {"scale": 0.5, "type": "depth"}})
+    assert parse_command("controlnet off") == ("set", {"controlnet": {"enabled": False}})
+    with pytest.raises(ValueError, match="controlnet settings are not valid JSON"):
+        parse_command("controlnet {bad")
+
+
 def test_a_pipeline_without_controlnet_refuses_a_controlnet_change():
     pipe = load_pipeline("tiny", device="cpu")
     with pytest.raises(ValueError, match="has no ControlNet"):
@@ -336,7 +361,7 @@ def test_control_port_changes_the_controlnet_live(tmp_path, net_folder):
 def test_bench_times_one_and_two_controlnets_against_diffusers(tmp_path, arch, reference):
     out = tmp_path / "bench.json"
     done = subprocess.run([sys.executable, "-m", "streamer", "bench", "--device", "cpu", "--quick", "--arch", arch,
-                           "--controlnet", "1,2", "--batch", "2", "--steps", "1", "--vae", "taesd",
+                           "--controlnet-rows", "1,2", "--batch", "2", "--steps", "1", "--vae", "taesd",
                            "--iterations", "1", "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
@@ -352,6 +377,6 @@ def test_bench_times_one_and_two_controlnets_against_diffusers(tmp_path, arch, r
 
 
 def test_bench_refuses_a_bad_controlnet_count(tmp_path):
-    done = streamer("bench", "--quick", "--controlnet", "5", cwd=tmp_path)
+    done = streamer("bench", "--quick", "--controlnet-rows", "5", cwd=tmp_path)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1 and "at most 4 ControlNets" in lines[0], done.stderr

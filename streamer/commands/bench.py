@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fused attention projections in the frame step's UNet (default auto: on CUDA)")
     parser.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
                         help="channels-last layout for the frame step's UNet and VAE (default auto: on CUDA)")
-    parser.add_argument("--controlnet", type=_counts, default=None, metavar="N[,N...]", dest="controlnets",
+    parser.add_argument("--controlnet-rows", type=_counts, default=None, metavar="N[,N...]", dest="controlnets",
                         help="also time the frame step with N random ControlNets (e.g. 1,2) against diffusers' "
                              "ControlNet img2img pipeline, and the control images' cost (canny, depth estimator)")
     parser.add_argument("--json", type=Path, default=None,
