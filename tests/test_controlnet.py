@@ -380,3 +380,14 @@ def test_bench_refuses_a_bad_controlnet_count(tmp_path):
     done = streamer("bench", "--quick", "--controlnet-rows", "5", cwd=tmp_path)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1 and "at most 4 ControlNets" in lines[0], done.stderr
+
+
+@pytest.mark.slow
+def test_file_stylizes_with_a_controlnet_flag(tmp_path, net_folder):
+    from media import make_clip
+
+    clip = make_clip(tmp_path / "in.mp4", seconds=0.4, size=(64, 48))
+    done = streamer("file", str(clip), "out.mp4", "--preset", "tiny", "--controlnet", f"{net_folder}:input:0.5",
+                    "--controlnet", f"{net_folder}:canny", "--canny", "60:120", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out.mp4").stat().st_size > 0
