@@ -34,6 +34,12 @@ def _not_bool(value: Any) -> Any:
 
 
 _NotBool = BeforeValidator(_not_bool)
+
+
+def _style_image(value: Any) -> Any:
+    from pipelines.conditioning.style_image import parse_style_value
+
+    return parse_style_value(value)
 Number = Annotated[float, _NotBool]
 Whole = Annotated[int, _NotBool]
 
@@ -44,6 +50,7 @@ Strength = Annotated[float, _NotBool, Field(gt=0.0, le=1.0)]
 Steps = Annotated[int, _NotBool, Field(ge=1, le=8)]
 Guidance = Annotated[float, _NotBool, Field(ge=0.0, le=50.0)]
 Seed = Annotated[int, _NotBool, Field(ge=0, le=2**63 - 1)]
+StyleScale = Annotated[float, _NotBool, Field(ge=0.0, le=2.0)]
 
 
 class SmoothingConfig(BaseModel):
@@ -59,6 +66,25 @@ class SmoothingConfig(BaseModel):
     max_skip: Whole = Field(3, ge=0, description="most frames in a row re-emitted without running the model")
     motion_compensation: bool = Field(False, description="warp the previous latents by optical flow before blending")
     scene_cut_threshold: Number = Field(0.12, gt=0.0, description="mean input change (0-1) treated as a cut: state reset")
+
+
+class IPAdapterConfig(BaseModel):
+    """An IP-Adapter (style image) as diffusers' ``load_ip_adapter`` finds it: weights in diffusers' layout
+    and a CLIP image encoder, in a hub repository or a local folder (h94/IP-Adapter's layout)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_id: str = Field(description="hub id or local folder holding the adapter, e.g. h94/IP-Adapter")
+    subfolder: str = Field("models", description="folder of the weights inside it (h94: models, sdxl_models)")
+    weight_name: str = Field("ip-adapter_sd15.safetensors", description="the weights file")
+    image_encoder_folder: str = Field(
+        "image_encoder", description="the CLIP image encoder: a name is inside subfolder, a path with / is from "
+        "the top (diffusers' rule), e.g. models/image_encoder for the SDXL ViT-H adapters")
+
+    def image_encoder_subfolder(self) -> str:
+        if "/" in self.image_encoder_folder:
+            return self.image_encoder_folder.strip("/")
+        return f"{self.subfolder.strip('/')}/{self.image_encoder_folder}".strip("/")
 
 
 class PipelineConfig(BaseModel):
@@ -95,6 +121,10 @@ class PipelineConfig(BaseModel):
         None, description="folder that keeps compiled code between starts (TORCHINDUCTOR_CACHE_DIR, when set, "
         "wins); None = torch's default, a temporary folder")
     smoothing: SmoothingConfig = Field(default_factory=SmoothingConfig)
+    ip_adapter: IPAdapterConfig | None = Field(None, description="an IP-Adapter, for a style image")
+    style_image: str | None = Field(None, description="picture file whose style every stream starts with "
+                                    "(needs ip_adapter)")
+    style_scale: StyleScale = 0.6
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:
@@ -105,6 +135,15 @@ class PipelineConfig(BaseModel):
             raise ValueError(f"family {self.family!r} needs model_id (a hub id or a local folder)")
         if self.family == "lcm-lora" and not self.lora_id:
             raise ValueError("family 'lcm-lora' needs lora_id (e.g. latent-consistency/lcm-lora-sdv1-5)")
+        if self.ip_adapter is not None and self.family not in ("lcm", "lcm-lora", "turbo", "tiny"):
+            raise ValueError(f"family {self.family!r} takes no IP-Adapter; use an lcm, lcm-lora or turbo model")
+        if self.style_image:
+            if self.ip_adapter is None:
+                raise ValueError("a style image needs an IP-Adapter: use a preset with one (e.g. "
+                                 "sd15-ip-adapter) or set ip_adapter")
+            from pipelines.conditioning.style_image import read_style_file
+
+            read_style_file(self.style_image, "style_image")
         return self
 
 
@@ -126,6 +165,9 @@ class LiveParams(BaseModel):
     guidance_scale: Guidance | None = None
     seed: Seed | None = None
     smoothing: dict[str, Any] | None = None
+    # A picture (base64 or a data: URL; "" clears it), kept as a checked StyleImage; never a path.
+    style_image: Annotated[Any, BeforeValidator(_style_image)] = None
+    style_scale: StyleScale | None = None
 
     @classmethod
     def parse(cls, data: Any) -> LiveParams:
