@@ -179,8 +179,11 @@ class LiveParams(BaseModel):
         for name, value in data.items():
             if value is None and name in cls.model_fields:  # "not given" is leaving it out, not null
                 raise ValueError(f"{name} must be {_describe_live(name)}, got null")
+        data = dict(data)
+        if "style_image" in data:  # a picture: its own checks and words (pipelines/conditioning/style_image.py)
+            data["style_image"] = _style_image(data["style_image"])
         try:
-            return cls.model_validate(dict(data))
+            return cls.model_validate(data)
         except ValidationError as exc:
             raise ValueError(explain(exc, PipelineConfig, unknown="parameter", choices=tuple(cls.model_fields))
                              ) from None
