@@ -177,7 +177,8 @@ class LiveParams(BaseModel):
         if not isinstance(data, Mapping):
             raise ValueError(f"parameters must be a JSON object, got {type(data).__name__}")
         for name, value in data.items():
-            if value is None and name in cls.model_fields:  # "not given" is leaving it out, not null
+            # "not given" is leaving it out, not null; a style image alone may be null: no style
+            if value is None and name in cls.model_fields and name != "style_image":
                 raise ValueError(f"{name} must be {_describe_live(name)}, got null")
         data = dict(data)
         if "style_image" in data:  # a picture: its own checks and words (pipelines/conditioning/style_image.py)
