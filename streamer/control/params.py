@@ -76,7 +76,10 @@ def initial_params(config: PipelineConfig) -> dict[str, Any]:
     """The live parameters a pipeline starts with, in the shape GET /params reports."""
     params = {name: getattr(config, name) for name in LIVE_PARAMS}
     params["smoothing"] = config.smoothing.enabled
-    if config.style_image:
+    if config.ip_adapter is None:  # no style image to change (the page hides its style controls)
+        params.pop("style_image", None)
+        params.pop("style_scale", None)
+    elif config.style_image:
         from pipelines.conditioning.style_image import read_style_file
 
         params["style_image"] = read_style_file(config.style_image, "style_image").label
