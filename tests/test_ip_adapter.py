@@ -240,3 +240,31 @@ def test_ip_adapter_offline_names_every_model():
     for name in ("SimianLuo/LCM_Dreamshaper_v7", "madebyollin/taesd", "h94/IP-Adapter",
                  "models/ip-adapter_sd15.safetensors", "models/image_encoder"):
         assert name in message
+
+
+def test_bench_ip_adapter_rows(tmp_path):
+    """`streamer bench --style-image`: diffusers' pipeline with ip_adapter_image, then the frame step with the
+    style image, in the same run, each frame-step row compared with that diffusers row."""
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "style.png").write_bytes(png(1))
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "streamer", "bench", "--device", "cpu", "--quick", "--batch", "2",
+                           "--steps", "1", "--vae", "taesd", "--iterations", "1", "--style-image",
+                           str(tmp_path / "style.png"), "--style-scale", "0.8", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    names = [r["name"] for r in rows]
+    assert names[-2:] == ["diffusers with ip_adapter_image", "streamer frame step + IP-Adapter (eager)"], names
+    base, ours = rows[-2:]
+    assert ours["batch"] == 2 and ours["ms_per_frame"] > 0
+    assert abs(ours["ratio_vs_diffusers"] - base["ms_per_frame"] / ours["ms_per_frame"]) < 0.01 * ours[
+        "ratio_vs_diffusers"] + 0.01
+    assert "IP-Adapter loaded" in proc.stderr and "[transformers]" not in proc.stderr
+    bad = subprocess.run([sys.executable, "-m", "streamer", "bench", "--quick", "--style-image",
+                          str(tmp_path / "nope.png")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        f"streamer: error: --style-image {tmp_path / 'nope.png'} does not exist"]

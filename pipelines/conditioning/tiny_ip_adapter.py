@@ -54,14 +54,15 @@ def ip_adapter_state_dict(unet: Any, seed: int = 0, strength: float = 1.0) -> di
     return state
 
 
-def save_tiny_ip_adapter(folder: str | Path, unet: Any, seed: int = 0) -> Path:
+def save_tiny_ip_adapter(folder: str | Path, unet: Any, seed: int = 0, dtype: torch.dtype = torch.float32) -> Path:
     """``folder``/models/ip-adapter_tiny.safetensors and ``folder``/models/image_encoder (save_pretrained)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     (folder / SUBFOLDER).mkdir(parents=True, exist_ok=True)
-    save_file(ip_adapter_state_dict(unet, seed), str(folder / SUBFOLDER / WEIGHT_NAME))
-    tiny_image_encoder(seed).save_pretrained(folder / SUBFOLDER / "image_encoder")
+    weights = {key: value.to(dtype) for key, value in ip_adapter_state_dict(unet, seed).items()}
+    save_file(weights, str(folder / SUBFOLDER / WEIGHT_NAME))
+    tiny_image_encoder(seed).to(dtype).save_pretrained(folder / SUBFOLDER / "image_encoder")
     return folder
 
 
