@@ -268,3 +268,34 @@ def test_bench_ip_adapter_rows(tmp_path):
                           str(tmp_path / "nope.png")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         f"streamer: error: --style-image {tmp_path / 'nope.png'} does not exist"]
+
+
+def test_ip_adapter_compiled_and_fused_match_eager(tmp_path):
+    """The layout changes and the compiled model calls made on CUDA, forced on here on the CPU, with streams of
+    different style images: same pictures; a style change after start-up recompiles nothing (the per-frame
+    scales and embeddings are inputs of the compiled call, not constants)."""
+    from diffusers.models.attention_processor import FusedAttnProcessor2_0
+    from torch._dynamo.utils import counters
+
+    from pipelines.conditioning.ip_adapter import FrameScaledIPAdapterProcessor
+    from pipelines.factory import load_pipeline
+
+    ipa = adapter(tmp_path, tiny_components("lcm")["unet"])
+    settings = {"device": "cpu", "smoothing": {"enabled": False}, "ip_adapter": ipa}
+    eager = load_pipeline("tiny", **settings, fuse_qkv="off", compile="off")
+    fast = load_pipeline("tiny", **settings, fuse_qkv="on", compile="on", compile_batch_sizes=[2])
+    kinds = {type(p) for p in fast.unet.attn_processors.values()}
+    assert kinds == {FusedAttnProcessor2_0, FrameScaledIPAdapterProcessor}, kinds
+    compiled_before = counters["frames"]["ok"]
+    ids = ["a", "b"]
+    for pipe in (eager, fast):
+        pipe.update("a", style_image=png(40), style_scale=1.0)
+    image = frames(2, seed=11)
+    assert np.abs(eager(image, ids, output_type="float") - fast(image, ids, output_type="float")).max() < 1e-4
+    for pipe in (eager, fast):
+        pipe.update("b", style_image=png(41), style_scale=0.5)
+        pipe.update("a", style_scale=0.2)
+    a, b = eager(image, ids, output_type="float"), fast(image, ids, output_type="float")
+    assert np.abs(a - b).max() < 1e-4
+    assert fast.unet_forward.compiled_calls > 0 and not fast.unet_forward.failed
+    assert counters["frames"]["ok"] == compiled_before, "recompiled after start-up"
