@@ -86,6 +86,9 @@ class IPAdapterConfig(BaseModel):
             return self.image_encoder_folder.strip("/")
         return f"{self.subfolder.strip('/')}/{self.image_encoder_folder}".strip("/")
 
+    def weights_path(self) -> str:
+        return f"{self.subfolder.strip('/')}/{self.weight_name}".strip("/")
+
 
 class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)

@@ -59,6 +59,7 @@ class StreamPipeline(StreamParams, FramePipeline):
         self.style_scales = frame_scales(self.unet)  # per-frame IP-Adapter scales, when one is loaded
         self.style = None if self.style_scales is None else StyleEncoder(components.prompt_pipe, self.device,
                                                                          self.dtype)
+        self.config_style()  # a style picture given in the config is read now, not at the first stream
         self.uploads = HostToDevice(self.device)
         # SDXL's size conditioning: original size, crop corner, target size (img2img, no crop).
         h, w = config.height, config.width

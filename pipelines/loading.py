@@ -100,8 +100,7 @@ def check_downloaded(config: PipelineConfig) -> None:
     needed = [(key, getattr(config, key), filename, "") for key, filename in _MODEL_FILES]
     if config.ip_adapter is not None:  # the adapter's weights and its image encoder: only those files
         ipa = config.ip_adapter
-        weights = f"{ipa.subfolder.strip('/')}/{ipa.weight_name}".strip("/")
-        encoder = ipa.image_encoder_subfolder()
+        weights, encoder = ipa.weights_path(), ipa.image_encoder_subfolder()
         only = f" --include {weights} '{encoder}/*'"
         needed += [("ip_adapter.model_id", ipa.model_id, weights, only),
                    ("ip_adapter.model_id", ipa.model_id, f"{encoder}/config.json", only)]
@@ -223,7 +222,9 @@ def load_components(config: PipelineConfig) -> ModelComponents:
     if config.ip_adapter is not None:
         from pipelines.conditioning.ip_adapter import load_ip_adapter
 
-        load_ip_adapter(pipe, config.ip_adapter, config.model_id)
+        ipa = config.ip_adapter
+        source = locate(ipa.model_id, "IP-Adapter", (ipa.weights_path(), f"{ipa.image_encoder_subfolder()}/config.json"))
+        load_ip_adapter(pipe, ipa, source, config.model_id)
     pipe.to(device)
     if any(p.dtype != dtype for p in pipe.unet.parameters()):
         pipe.to(dtype=dtype)

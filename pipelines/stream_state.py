@@ -91,12 +91,21 @@ class StreamParams:
         c = self.config
         state = StreamState(c.prompt, c.negative_prompt, c.strength, c.num_inference_steps,
                             c.guidance_scale, c.seed, c.smoothing.model_copy(), style_scale=c.style_scale)
-        if c.style_image and self.style is not None:
-            from pipelines.conditioning.style_image import read_style_file
-
-            state.style_image = read_style_file(c.style_image, "style_image")
+        state.style_image = self.config_style()
         self._rebuild(state, prompt=True, schedule=True, guidance=True, style=True)
         return state
+
+    def config_style(self) -> Any:
+        """The config's style picture (read once, so a new stream never fails on the file), or None."""
+        path = self.config.style_image
+        if not path or self.style is None:
+            return None
+        cached = getattr(self, "_config_style", None)
+        if cached is None or cached[0] != path:
+            from pipelines.conditioning.style_image import read_style_file
+
+            self._config_style = cached = (path, read_style_file(path, "style_image"))
+        return cached[1]
 
     def set_prompt(self, prompt: str, negative_prompt: str | None = None,
                    stream_id: str = DEFAULT_STREAM) -> None:
@@ -168,7 +177,7 @@ class StreamParams:
         if self.style is not None and (style or style_scale):
             if style:  # the image embedding: once per style change, not per frame
                 image = state.style_image
-                state.style_embeds = self.style.none() if image is None else self.style.encode(image.image)
+                state.style_embeds = self.style.none() if image is None else self.style.encode(image)
             scale = state.style_scale if state.style_image is not None else 0.0
             state.style_row = torch.tensor([scale], dtype=torch.float32).to(self.device)
         if guidance or state.guidance_row is None:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, IPAdapterAttnProcessor2_0
 
+from pipelines.conditioning.style_image import StyleImage
 from pipelines.config import IPAdapterConfig
 from pipelines.errors import PipelineError
 
@@ -90,14 +91,10 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-def load_ip_adapter(pipe: Any, config: IPAdapterConfig, model_id: str | None) -> FrameScales:
-    """Load the adapter into ``pipe`` (a diffusers pipeline with IPAdapterMixin) through diffusers'
-    ``load_ip_adapter``, then give its attention layers per-frame scales. PipelineError (one line) when the
-    adapter cannot be found or does not fit the model."""
-    from pipelines.loading import locate
-
-    weights = f"{config.subfolder.strip('/')}/{config.weight_name}".strip("/")
-    source = locate(config.model_id, "IP-Adapter", (weights, f"{config.image_encoder_subfolder()}/config.json"))
+def load_ip_adapter(pipe: Any, config: IPAdapterConfig, source: str, model_id: str | None) -> FrameScales:
+    """Load the adapter (``source``: its hub id or folder, located) into ``pipe`` (a diffusers pipeline with
+    IPAdapterMixin) through diffusers' ``load_ip_adapter``, then give its attention layers per-frame scales.
+    PipelineError (one line) when the adapter cannot be loaded or does not fit the model."""
     try:
         pipe.load_ip_adapter(source, subfolder=config.subfolder, weight_name=config.weight_name,
                              image_encoder_folder=config.image_encoder_folder)
@@ -146,13 +143,25 @@ class StyleEncoder:
     """Style image -> IP-Adapter image embeddings (cond, uncond), each (1, ...), by diffusers' own
     ``prepare_ip_adapter_image_embeds`` of the pipeline the adapter was loaded into."""
 
+    KEEP = 8  # embeddings of recent pictures, by content: streams (sessions) with the same style share one
+
     def __init__(self, pipe: Any, device: torch.device, dtype: torch.dtype) -> None:
         self.pipe, self.device, self.dtype = pipe, device, dtype
         self._zeros: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._recent: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def encode(self, style: StyleImage) -> tuple[torch.Tensor, torch.Tensor]:
+        """A style picture -> (cond, uncond) embeddings on the model's device and dtype."""
+        found = self._recent.pop(style.digest, None)
+        if found is None:
+            found = self._encode(style.image)
+        self._recent[style.digest] = found  # the most recent last
+        while len(self._recent) > self.KEEP:
+            self._recent.pop(next(iter(self._recent)))
+        return found
 
     @torch.no_grad()
-    def encode(self, image: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """A PIL image -> (cond, uncond) embeddings on the model's device and dtype."""
+    def _encode(self, image: Any) -> tuple[torch.Tensor, torch.Tensor]:
         (both,) = self.pipe.prepare_ip_adapter_image_embeds(image, None, self.device, 1, True)
         uncond, cond = both.to(self.device, self.dtype).chunk(2)
         return cond, uncond
@@ -162,6 +171,6 @@ class StyleEncoder:
         if self._zeros is None:
             from PIL import Image
 
-            cond, _ = self.encode(Image.new("RGB", (64, 64)))
+            cond, _ = self._encode(Image.new("RGB", (64, 64)))
             self._zeros = (torch.zeros_like(cond), torch.zeros_like(cond))
         return self._zeros
