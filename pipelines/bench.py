@@ -151,7 +151,9 @@ def _machine(device: torch.device) -> dict:
 def run_bench(*, size: str, device_name: str, dtype_name: str, resolution: int, batches: list[int],
               steps_list: list[int], vaes: list[str], strength: float, warmup: int, iterations: int,
               compile_setting: str = "auto", fuse_qkv: str = "auto", channels_last: str = "auto",
-              controlnets: list[int] | None = None, log: Callable[[str], None] | None = None, checkpoint: Callable[[dict], None] | None = None) -> dict:
+              controlnets: list[int] | None = None, log: Callable[[str], None] | None = None,
+              checkpoint: Callable[[dict], None] | None = None, style_image: Any = None,
+              style_scale: float = 0.6) -> dict:
     """diffusers' pipeline at batch 1 with both VAEs, then the project's frame step (eager, and compiled
     where ``compile_setting`` says) with each of ``vaes`` at every batch size and step count. Compiled batch
     sizes are compiled one at a time in the order given, each just before its rows, so a run cut short
@@ -160,8 +162,9 @@ def run_bench(*, size: str, device_name: str, dtype_name: str, resolution: int, 
     SD sizes: an LCM checkpoint's UNet (guidance embedding, w = 8) against
     ``LatentConsistencyModelImg2ImgPipeline``. SDXL sizes: LCM-LoRA style (LCMScheduler, img2img timesteps,
     guidance 1) against ``StableDiffusionXLImg2ImgPipeline``. ``controlnets``: counts of ControlNets to time
-    against diffusers' ControlNet pipeline (pipelines/conditioning/bench.py). ``log`` hears each step and row as it
-    happens (default: the logger; pipelines print nothing)."""
+    against diffusers' ControlNet pipeline (pipelines/conditioning/bench.py). ``style_image`` (a StyleImage)
+    adds the rows with an IP-Adapter (pipelines/conditioning/ip_adapter_bench.py) at the end. ``log`` hears
+    each step and row as it happens (default: the logger; pipelines print nothing)."""
     log = log or _log.info
     quiet_libraries()  # before diffusers' pipeline classes are imported: they warn at import
     sdxl = is_sdxl(size)
@@ -273,6 +276,20 @@ def run_bench(*, size: str, device_name: str, dtype_name: str, resolution: int, 
                 if failed:
                     log(f"warning: compiling failed at the {', '.join(failed)}; those rows ran eagerly")
                     result["compile_failed"] = failed
+    if style_image is not None:
+        from pipelines.conditioning.ip_adapter_bench import ip_adapter_rows
+
+        reference.vae = taesd
+
+        def reference_once(steps: int, image: np.ndarray, extra: dict[str, Any]) -> object:
+            return reference(**prompt_kwargs, **extra, image=image, strength=strength, guidance_scale=guidance_scale,
+                             num_inference_steps=img2img_inference_steps(steps, strength) if sdxl else steps,
+                             output_type="np", generator=torch.Generator("cpu").manual_seed(0))
+
+        components = ModelComponents(reference.unet, taesd, reference.scheduler, reference, family, sdxl, device,
+                                     dtype)
+        ip_adapter_rows(measure, reference, components, config, style_image, style_scale, batches=batches,
+                        steps_list=steps_list, call_reference=reference_once, log=log)
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
 

@@ -90,8 +90,14 @@ def speed_up_modules(unet: Any, vae: Any, device: torch.device, *, fuse_qkv: str
     if not isinstance(unet, torch.nn.Module):  # the analytic stand-in has no layers to rearrange
         return applied
     if should_compile(fuse_qkv, device) and hasattr(unet, "fuse_qkv_projections"):
+        # diffusers' fusing sets its fused processor everywhere: a loaded IP-Adapter's processors (cross
+        # attention, which keeps its own projections) are put back afterwards, self-attention stays fused.
+        keep = {name: proc for name, proc in unet.attn_processors.items()
+                if type(proc).__name__ == "FrameScaledIPAdapterProcessor"}
         try:
             unet.fuse_qkv_projections()
+            if keep:
+                unet.set_attn_processor({**unet.attn_processors, **keep})
             applied.append("fused QKV projections")
         except ValueError as exc:  # e.g. added KV projections, which diffusers does not fuse
             log.info("attention projections left unfused: %s", exc)

@@ -34,6 +34,12 @@ def _not_bool(value: Any) -> Any:
 
 
 _NotBool = BeforeValidator(_not_bool)
+
+
+def _style_image(value: Any) -> Any:
+    from pipelines.conditioning.style_image import parse_style_value
+
+    return parse_style_value(value)
 Number = Annotated[float, _NotBool]
 Whole = Annotated[int, _NotBool]
 
@@ -44,6 +50,7 @@ Strength = Annotated[float, _NotBool, Field(gt=0.0, le=1.0)]
 Steps = Annotated[int, _NotBool, Field(ge=1, le=8)]
 Guidance = Annotated[float, _NotBool, Field(ge=0.0, le=50.0)]
 Seed = Annotated[int, _NotBool, Field(ge=0, le=2**63 - 1)]
+StyleScale = Annotated[float, _NotBool, Field(ge=0.0, le=2.0)]
 
 
 class SmoothingConfig(BaseModel):
@@ -87,6 +94,26 @@ class ControlSettings(BaseModel):
     type: list[ControlType] = Field(default_factory=list)
     canny_low: CannyThreshold = Field(100.0, description="canny: gradients below this are never edges (0-255 scale)")
     canny_high: CannyThreshold = Field(200.0, description="canny: gradients above this are always edges")
+class IPAdapterConfig(BaseModel):
+    """An IP-Adapter (style image) as diffusers' ``load_ip_adapter`` finds it: weights in diffusers' layout
+    and a CLIP image encoder, in a hub repository or a local folder (h94/IP-Adapter's layout)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_id: str = Field(description="hub id or local folder holding the adapter, e.g. h94/IP-Adapter")
+    subfolder: str = Field("models", description="folder of the weights inside it (h94: models, sdxl_models)")
+    weight_name: str = Field("ip-adapter_sd15.safetensors", description="the weights file")
+    image_encoder_folder: str = Field(
+        "image_encoder", description="the CLIP image encoder: a name is inside subfolder, a path with / is from "
+        "the top (diffusers' rule), e.g. models/image_encoder for the SDXL ViT-H adapters")
+
+    def image_encoder_subfolder(self) -> str:
+        if "/" in self.image_encoder_folder:
+            return self.image_encoder_folder.strip("/")
+        return f"{self.subfolder.strip('/')}/{self.image_encoder_folder}".strip("/")
+
+    def weights_path(self) -> str:
+        return f"{self.subfolder.strip('/')}/{self.weight_name}".strip("/")
 
 
 class PipelineConfig(BaseModel):
@@ -131,6 +158,10 @@ class PipelineConfig(BaseModel):
     depth_model_id: str = Field("depth-anything/Depth-Anything-V2-Small-hf",
                                 description="transformers depth estimator for 'depth' control images")
     depth_resolution: int = Field(518, ge=14, le=2048, description="side the depth estimator sees (multiple of 14)")
+    ip_adapter: IPAdapterConfig | None = Field(None, description="an IP-Adapter, for a style image")
+    style_image: str | None = Field(None, description="picture file whose style every stream starts with "
+                                    "(needs ip_adapter)")
+    style_scale: StyleScale = 0.6
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:
@@ -147,6 +178,15 @@ class PipelineConfig(BaseModel):
             raise ValueError(f"canny_low ({self.canny_low:g}) must not be above canny_high ({self.canny_high:g})")
         if self.depth_resolution % 14:
             raise ValueError(f"depth_resolution must be a multiple of 14, got {self.depth_resolution}")
+        if self.ip_adapter is not None and self.family not in ("lcm", "lcm-lora", "turbo", "tiny"):
+            raise ValueError(f"family {self.family!r} takes no IP-Adapter; use an lcm, lcm-lora or turbo model")
+        if self.style_image:
+            if self.ip_adapter is None:
+                raise ValueError("a style image needs an IP-Adapter: use a preset with one (e.g. "
+                                 "sd15-ip-adapter) or set ip_adapter")
+            from pipelines.conditioning.style_image import read_style_file
+
+            read_style_file(self.style_image, "style_image")
         return self
 
     def control_settings(self) -> ControlSettings:
@@ -175,6 +215,9 @@ class LiveParams(BaseModel):
     seed: Seed | None = None
     smoothing: dict[str, Any] | None = None
     controlnet: dict[str, Any] | None = None
+    # A picture (base64 or a data: URL; "" clears it), kept as a checked StyleImage; never a path.
+    style_image: Annotated[Any, BeforeValidator(_style_image)] = None
+    style_scale: StyleScale | None = None
 
     @classmethod
     def parse(cls, data: Any) -> LiveParams:
@@ -184,10 +227,14 @@ class LiveParams(BaseModel):
         if not isinstance(data, Mapping):
             raise ValueError(f"parameters must be a JSON object, got {type(data).__name__}")
         for name, value in data.items():
-            if value is None and name in cls.model_fields:  # "not given" is leaving it out, not null
+            # "not given" is leaving it out, not null; a style image alone may be null: no style
+            if value is None and name in cls.model_fields and name != "style_image":
                 raise ValueError(f"{name} must be {_describe_live(name)}, got null")
+        data = dict(data)
+        if "style_image" in data:  # a picture: its own checks and words (pipelines/conditioning/style_image.py)
+            data["style_image"] = _style_image(data["style_image"])
         try:
-            return cls.model_validate(dict(data))
+            return cls.model_validate(data)
         except ValidationError as exc:
             raise ValueError(explain(exc, PipelineConfig, unknown="parameter", choices=tuple(cls.model_fields))
                              ) from None

@@ -55,6 +55,12 @@ class StreamPipeline(StreamParams, ControlNetSteps, FramePipeline):
             self.vae.config, "block_out_channels") else 8
         self.latent_channels = int(self.unet.config.in_channels)
         self.streams: dict[str, StreamState] = {}
+        from pipelines.conditioning.ip_adapter import StyleEncoder, frame_scales
+
+        self.style_scales = frame_scales(self.unet)  # per-frame IP-Adapter scales, when one is loaded
+        self.style = None if self.style_scales is None else StyleEncoder(components.prompt_pipe, self.device,
+                                                                         self.dtype)
+        self.config_style()  # a style picture given in the config is read now, not at the first stream
         self.uploads = HostToDevice(self.device)
         # SDXL's size conditioning: original size, crop corner, target size (img2img, no crop).
         h, w = config.height, config.width
@@ -197,9 +203,14 @@ class StreamPipeline(StreamParams, ControlNetSteps, FramePipeline):
 
     def unet_forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                      timestep_cond: torch.Tensor | None = None, text_embeds: torch.Tensor | None = None,
-                     time_ids: torch.Tensor | None = None, *residuals: torch.Tensor) -> torch.Tensor:
-        """``residuals``: a ControlNet's (down blocks..., mid block), added inside the UNet."""
+                     time_ids: torch.Tensor | None = None, image_embeds: torch.Tensor | None = None,
+                     style_scales: torch.Tensor | None = None, *residuals: torch.Tensor) -> torch.Tensor:
+        """``image_embeds``/``style_scales``: the IP-Adapter's per-row style embedding and scale;
+        ``residuals``: a ControlNet's (down blocks..., mid block), added inside the UNet."""
         added = None if text_embeds is None else {"text_embeds": text_embeds, "time_ids": time_ids}
+        if image_embeds is not None:  # IP-Adapter: every row's style embedding, weighted by its own scale
+            self.style_scales.value = style_scales
+            added = {**(added or {}), "image_embeds": [image_embeds]}
         return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states,
                          timestep_cond=timestep_cond, added_cond_kwargs=added, return_dict=False,
                          **unet_residual_kwargs(residuals))[0]
@@ -270,8 +281,12 @@ class StreamPipeline(StreamParams, ControlNetSteps, FramePipeline):
             time_ids = self.sdxl_time_ids.repeat(len(states), 1)
             pooled = torch.cat([e.pooled for e in embeds])
         sample = x.to(self.dtype)
+        image_embeds = scales = None
+        if self.style is not None:
+            image_embeds = torch.cat([s.style_embeds[0] for s in states])
+            scales = torch.cat([s.style_row for s in states])
         if not cfg:
-            return self.unet_forward(sample, t, cond, timestep_cond, pooled, time_ids,
+            return self.unet_forward(sample, t, cond, timestep_cond, pooled, time_ids, image_embeds, scales,
                                      *self.control_residuals(control, sample, t, cond, pooled, time_ids))
         uncond = torch.cat([e.uncond for e in embeds])
         if self.components.sdxl:
@@ -279,8 +294,11 @@ class StreamPipeline(StreamParams, ControlNetSteps, FramePipeline):
             time_ids = time_ids.repeat(2, 1)
         if timestep_cond is not None:
             timestep_cond = timestep_cond.repeat(2, 1)
+        if image_embeds is not None:
+            image_embeds = torch.cat([torch.cat([s.style_embeds[1] for s in states]), image_embeds])
+            scales = scales.repeat(2)
         sample, t, text = torch.cat([sample, sample]), torch.cat([t, t]), torch.cat([uncond, cond])
-        both = self.unet_forward(sample, t, text, timestep_cond, pooled, time_ids,
+        both = self.unet_forward(sample, t, text, timestep_cond, pooled, time_ids, image_embeds, scales,
                                  *self.control_residuals(control, sample, t, text, pooled, time_ids))
         out_uncond, out_cond = both.float().chunk(2)
         g, no_cfg = self._columns(torch.stack([s.guidance_row for s in states]))

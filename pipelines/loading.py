@@ -101,18 +101,25 @@ def check_downloaded(config: PipelineConfig) -> None:
     fetches them all: one trip to a machine with network, not one per model."""
     from pipelines.conditioning.loading import needed_models
 
-    needed = [(key, getattr(config, key), filename) for key, filename in _MODEL_FILES] + needed_models(config)
-    missing = [(key, model_id) for key, model_id, filename in needed
-               if model_id and not _is_folder(model_id) and not _in_cache(model_id, filename)]
+    needed = [(key, getattr(config, key), filename, "") for key, filename in _MODEL_FILES]
+    needed += [(key, model_id, filename, "") for key, model_id, filename in needed_models(config)]
+    if config.ip_adapter is not None:  # the adapter's weights and its image encoder: only those files
+        ipa = config.ip_adapter
+        weights, encoder = ipa.weights_path(), ipa.image_encoder_subfolder()
+        only = f" --include {weights} '{encoder}/*'"
+        needed += [("ip_adapter.model_id", ipa.model_id, weights, only),
+                   ("ip_adapter.model_id", ipa.model_id, f"{encoder}/config.json", only)]
+    missing = list(dict.fromkeys((key, model_id, only) for key, model_id, filename, only in needed
+                                 if model_id and not _is_folder(model_id) and not _in_cache(model_id, filename)))
     if not missing or hub_reachable():
         return
-    keys = list(dict.fromkeys(key for key, _ in missing))
+    keys = list(dict.fromkeys(key for key, _, _ in missing))
     keys_text = " and ".join([", ".join(keys[:-1]), keys[-1]] if len(keys) > 1 else keys)
     raise PipelineError(
         f"offline (the Hugging Face hub cannot be reached) and not in the local cache: "
-        f"{', '.join(model_id for _, model_id in missing)}; where there is network run "
-        f"`{' && '.join(f'hf download {model_id}' for _, model_id in missing)}` and copy ~/.cache/huggingface "
-        f"here, or set {keys_text} to {'a local folder' if len(keys) == 1 else 'local folders'} "
+        f"{', '.join(model_id for _, model_id, _ in missing)}; where there is network run "
+        f"`{' && '.join(f'hf download {model_id}{only}' for _, model_id, only in missing)}` and copy "
+        f"~/.cache/huggingface here, or set {keys_text} to {'a local folder' if len(keys) == 1 else 'local folders'} "
         f"(--config FILE with {missing[0][0]}: /path/to/folder)")
 
 
@@ -217,6 +224,12 @@ def load_components(config: PipelineConfig) -> ModelComponents:
         except OSError as exc:
             raise PipelineError(f"could not load {config.vae_id!r}: {str(exc).splitlines()[0]}") from None
         pipe.vae = vae
+    if config.ip_adapter is not None:
+        from pipelines.conditioning.ip_adapter import load_ip_adapter
+
+        ipa = config.ip_adapter
+        source = locate(ipa.model_id, "IP-Adapter", (ipa.weights_path(), f"{ipa.image_encoder_subfolder()}/config.json"))
+        load_ip_adapter(pipe, ipa, source, config.model_id)
     pipe.to(device)
     if any(p.dtype != dtype for p in pipe.unet.parameters()):
         pipe.to(dtype=dtype)

@@ -61,6 +61,10 @@ class StreamState:
     smoother: Any = None
     control: ControlSettings | None = None  # ControlNet settings (pipelines/conditioning)
     last_output: torch.Tensor | None = None  # (3, h, w) in [0, 1]: the 'previous' control image
+    style_image: Any = None  # a StyleImage (pipelines/conditioning/style_image.py), None: no style
+    style_scale: float = 0.0
+    style_embeds: tuple[torch.Tensor, torch.Tensor] | None = None  # IP-Adapter (cond, uncond), once per image
+    style_row: torch.Tensor | None = None  # (1,): the scale this stream's frames get, 0 without a style
 
 
 class StreamParams:
@@ -78,6 +82,7 @@ class StreamParams:
     vae_scale: int
     latent_channels: int
     streams: dict[str, StreamState]
+    style: Any  # a StyleEncoder when the model has an IP-Adapter, else None
 
     def stream(self, stream_id: str = DEFAULT_STREAM) -> StreamState:
         state = self.streams.get(stream_id)
@@ -88,9 +93,23 @@ class StreamParams:
     def _new_stream(self) -> StreamState:
         c = self.config
         state = StreamState(c.prompt, c.negative_prompt, c.strength, c.num_inference_steps,
-                            c.guidance_scale, c.seed, c.smoothing.model_copy(), control=c.control_settings())
-        self._rebuild(state, prompt=True, schedule=True, guidance=True)
+                            c.guidance_scale, c.seed, c.smoothing.model_copy(), control=c.control_settings(),
+                            style_scale=c.style_scale)
+        state.style_image = self.config_style()
+        self._rebuild(state, prompt=True, schedule=True, guidance=True, style=True)
         return state
+
+    def config_style(self) -> Any:
+        """The config's style picture (read once, so a new stream never fails on the file), or None."""
+        path = self.config.style_image
+        if not path or self.style is None:
+            return None
+        cached = getattr(self, "_config_style", None)
+        if cached is None or cached[0] != path:
+            from pipelines.conditioning.style_image import read_style_file
+
+            self._config_style = cached = (path, read_style_file(path, "style_image"))
+        return cached[1]
 
     def set_prompt(self, prompt: str, negative_prompt: str | None = None,
                    stream_id: str = DEFAULT_STREAM) -> None:
@@ -102,11 +121,15 @@ class StreamParams:
         computed on a copy of the stream before any of it is applied; a refused (ValueError) or failed change
         leaves the stream exactly as it was."""
         change = LiveParams.parse(params).changes()
+        if self.style is None and ("style_image" in change or "style_scale" in change):
+            raise ValueError("this model has no IP-Adapter for a style image; start with a preset that has one "
+                             "(sd15-ip-adapter, sdxl-ip-adapter) or set ip_adapter")
         current = self.streams.get(stream_id)
         state = replace(current) if current is not None else self._new_stream()
         before = (state.strength, state.num_inference_steps, state.seed)
         was_enabled = state.smoothing.enabled
-        for key in ("prompt", "negative_prompt", "strength", "num_inference_steps", "guidance_scale", "seed"):
+        for key in ("prompt", "negative_prompt", "strength", "num_inference_steps", "guidance_scale", "seed",
+                    "style_image", "style_scale"):
             if key in change:
                 setattr(state, key, change[key])
         if "controlnet" in change:
@@ -117,7 +140,8 @@ class StreamParams:
                                                               **change["smoothing"]})
         schedule = before != (state.strength, state.num_inference_steps, state.seed)
         self._rebuild(state, prompt="prompt" in change or "negative_prompt" in change, schedule=schedule,
-                      guidance="guidance_scale" in change, blend=True)
+                      guidance="guidance_scale" in change, blend=True, style="style_image" in change,
+                      style_scale="style_scale" in change)
         # Everything is computed: apply it. The smoother is the one object the copy shares with the stream.
         if current is None:
             current = self.streams[stream_id] = state
@@ -134,7 +158,8 @@ class StreamParams:
         self.streams.pop(stream_id, None)
 
     def _rebuild(self, state: StreamState, *, prompt: bool = False, schedule: bool = False,
-                 guidance: bool = False, blend: bool = False) -> None:
+                 guidance: bool = False, blend: bool = False, style: bool = False,
+                 style_scale: bool = False) -> None:
         if schedule:  # build_schedule first: it refuses steps and strength that make no schedule
             state.schedule = build_schedule(self.scheduler, steps=state.num_inference_steps,
                                             strength=state.strength, img2img_semantics=self.img2img_semantics,
@@ -156,6 +181,12 @@ class StreamParams:
                 state.blend_from, state.blend_target, state.blend_done = state.embeds, new, 0
             else:
                 state.embeds, state.blend_from, state.blend_target = new, None, None
+        if self.style is not None and (style or style_scale):
+            if style:  # the image embedding: once per style change, not per frame
+                image = state.style_image
+                state.style_embeds = self.style.none() if image is None else self.style.encode(image)
+            scale = state.style_scale if state.style_image is not None else 0.0
+            state.style_row = torch.tensor([scale], dtype=torch.float32).to(self.device)
         if guidance or state.guidance_row is None:
             g = state.guidance_scale
             state.guidance_row = torch.tensor([g, 1.0 if g <= 1.0 else 0.0], dtype=torch.float32).to(self.device)

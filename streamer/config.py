@@ -187,7 +187,8 @@ def parse_size(text: str) -> tuple[int, int]:
 # Settings a flag sets, named as the user typed them in messages (a bad --steps says --steps).
 FLAGS = {"prompt": "--prompt", "negative_prompt": "--negative-prompt", "strength": "--strength",
          "num_inference_steps": "--steps", "guidance_scale": "--guidance", "seed": "--seed", "device": "--device",
-         "dtype": "--dtype", "width": "--resolution width", "height": "--resolution height"}
+         "dtype": "--dtype", "width": "--resolution width", "height": "--resolution height",
+         "style_image": "--style-image", "style_scale": "--style-scale"}
 
 
 def parse_controlnet(text: str) -> dict[str, Any]:
@@ -258,6 +259,11 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--depth-model", default=None, dest="depth_model_id", metavar="ID",
                    help="transformers depth estimator for depth control images "
                         "(default depth-anything/Depth-Anything-V2-Small-hf)")
+    g.add_argument("--style-image", default=None, metavar="PATH",
+                   help="picture whose style every stream takes (IP-Adapter; a preset with one, e.g. "
+                        "sd15-ip-adapter); changes live through /params, the terminal and the page")
+    g.add_argument("--style-scale", type=float, default=None, metavar="X",
+                   help="how strongly the style image counts, 0-2 (default: the preset's, 0.6)")
     g.add_argument("--compile", choices=["auto", "on", "off"], default=None,
                    help="torch.compile + CUDA graphs for the model calls (default auto: on CUDA only; "
                         "the first start compiles for a minute or more, later starts use the cache)")
@@ -273,8 +279,13 @@ def pipeline_config_from_args(args: argparse.Namespace, setup: SetupConfig | Non
     labels: dict[str, str] = {}
     file_preset = overrides.pop("preset", None)
     preset = getattr(args, "preset", None) or file_preset
+    if getattr(args, "style_image", None) is not None:  # the file first, in the flag's words
+        from pipelines.conditioning.style_image import read_style_file
+
+        read_style_file(args.style_image, "--style-image")
+        args.style_image = str(Path(args.style_image).expanduser().resolve())
     for key in ("prompt", "negative_prompt", "strength", "num_inference_steps", "guidance_scale", "seed",
-                "device", "dtype"):
+                "device", "dtype", "style_image", "style_scale"):
         value = getattr(args, key, None)
         if value is not None:
             overrides[key] = value

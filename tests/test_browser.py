@@ -98,7 +98,7 @@ def server_in_namespace(tmp_path: Path, command: list[str] | None = None) -> Ite
     if not namespaces_work():
         pytest.skip("cannot create a network namespace here (unshare -n needs root or user namespaces)")
     setup = "ip link set lo up && ip addr add 127.0.0.2/8 dev lo && exec \"$0\" \"$@\""
-    served = start_streamer([], tmp_path / "server.log", "serving on", timeout=30, cwd=ROOT,
+    served = start_streamer([], tmp_path / "server.log", "serving on", timeout=120, cwd=ROOT,
                             program=command or [sys.executable, str(ROOT / "tests" / "webrtc_helpers.py"), "serve",
                                                 "--port", str(PORT), "--token", TOKEN],
                             prefix=["unshare", "-n", "--", "sh", "-c", setup])
@@ -363,3 +363,67 @@ def test_browser_page_camera_picker_and_camera_errors(tmp_path: Path) -> None:
 
     with server_in_namespace(tmp_path) as wrapper:
         asyncio.run(asyncio.wait_for(scenario(wrapper), 150))
+
+
+def test_browser_page_style_image_reaches_the_session(tmp_path: Path) -> None:
+    """`streamer serve` with an IP-Adapter model: the page shows its style controls; a picture picked before
+    Start is sent once the session exists, a dropped one replaces it live; the server's replies name them."""
+    import io
+
+    import yaml
+    from PIL import Image
+    from playwright.async_api import async_playwright
+
+    from pipelines.conditioning.tiny_ip_adapter import save_tiny_ip_adapter, tiny_ip_adapter_config
+    from pipelines.tiny import tiny_components
+
+    adapter = tiny_ip_adapter_config(save_tiny_ip_adapter(tmp_path / "ipa", tiny_components("lcm")["unet"]))
+    config = tmp_path / "styled.yaml"
+    config.write_text(yaml.safe_dump({"pipeline": {"preset": "tiny", "ip_adapter": adapter}}))
+    picked = tmp_path / "painting.png"
+    Image.new("RGB", (1000, 600), (200, 40, 40)).save(picked)
+    clip = write_y4m(tmp_path / "camera.y4m", 320, 240, frames=30)
+    command = [sys.executable, "-m", "streamer", "serve", "--config", str(config), "--port", str(PORT),
+               "--token", TOKEN, "--device", "cpu"]
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (20, 20, 220)).save(buf, "PNG")
+    dropped = list(buf.getvalue())
+    label = "window.streamer.lastReply && window.streamer.lastReply.ok && window.streamer.lastReply.params.style_image"
+
+    async def scenario(wrapper: Path) -> None:
+        async with async_playwright() as playwright:
+            browser = await launch(playwright, wrapper, "--use-fake-device-for-media-stream",
+                                   f"--use-file-for-fake-video-capture={clip}")
+            try:
+                page = await open_page(browser)
+                await page.wait_for_selector("#style-row", state="visible")
+                assert await page.input_value("#style-scale") == "0.6"  # the preset's, from the server
+                await page.set_input_files("#style-file", str(picked))
+                await page.wait_for_function("!document.getElementById('style-preview').hidden")
+                await page.click("#start")
+                await page.wait_for_function("window.streamer.connectionState === 'connected'")
+                # Scaled to 512 px on the page, then sent: the server names what it got.
+                await page.wait_for_function(f"({label} || '').startsWith('512x307 sha256:')")
+                # A dropped picture replaces it, live.
+                await page.evaluate("""(bytes) => {
+                  const file = new File([new Uint8Array(bytes)], "blue.png", {type: "image/png"});
+                  const data = new DataTransfer(); data.items.add(file);
+                  document.getElementById('style-drop').dispatchEvent(
+                    new DragEvent('drop', {dataTransfer: data, bubbles: true, cancelable: true}));
+                }""", dropped)
+                await page.wait_for_function(f"({label} || '').startsWith('64x48 sha256:')")
+                assert await page.text_content("#style-name") == "blue.png"
+                # Not a picture: the page says so in one line and sends nothing.
+                await page.set_input_files("#style-file", {"name": "notes.txt", "mimeType": "text/plain",
+                                                           "buffer": b"hello"})
+                await page.wait_for_function("document.getElementById('error').textContent.includes('not a picture')")
+                await page.click("#style-clear")
+                await page.wait_for_function("window.streamer.lastReply.ok && "
+                                             "window.streamer.lastReply.params.style_image === null")
+                await page.click("#stop")
+                await page.wait_for_function(SESSIONS_EMPTY, polling=200)
+            finally:
+                await asyncio.wait_for(browser.close(), 15)
+
+    with server_in_namespace(tmp_path, command) as wrapper:
+        asyncio.run(asyncio.wait_for(scenario(wrapper), 180))

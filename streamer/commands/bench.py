@@ -64,6 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--controlnet-rows", type=_counts, default=None, metavar="N[,N...]", dest="controlnets",
                         help="also time the frame step with N random ControlNets (e.g. 1,2) against diffusers' "
                              "ControlNet img2img pipeline, and the control images' cost (canny, depth estimator)")
+    parser.add_argument("--style-image", default=None, metavar="PATH",
+                        help="also time a style image through a (random) IP-Adapter, against diffusers' pipeline "
+                             "with ip_adapter_image")
+    parser.add_argument("--style-scale", type=float, default=0.6, metavar="X",
+                        help="IP-Adapter scale of those rows, 0-2 (default 0.6)")
     parser.add_argument("--json", type=Path, default=None,
                         help="write the results as JSON to this file (rewritten after each row)")
     add_overwrite_argument(parser)
@@ -83,6 +88,15 @@ def run(args: argparse.Namespace) -> int:
         from pipelines.presets import build_config
 
         build_config(args.preset, {"device": args.device})
+    style = None
+    if args.style_image is not None:
+        from pipelines.conditioning.style_image import read_style_file
+        from pipelines.config import LiveParams
+
+        style = read_style_file(args.style_image, "--style-image")
+        if not 0 <= args.style_scale <= 2:
+            raise ValueError(f"--style-scale must be a number from 0 to 2, got {args.style_scale:g}")
+        LiveParams.parse({"style_scale": args.style_scale})
     if args.iterations is not None and args.iterations < 1:
         raise ValueError(f"--iterations must be at least 1, got {args.iterations}")
     size = args.arch or ("tiny" if args.quick else "sd15")
@@ -101,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         controlnets=args.controlnets,
         log=lambda line: print(line, file=sys.stderr, flush=True),
         checkpoint=None if args.json is None else lambda result: write_json(result, args.json),
+        style_image=style, style_scale=args.style_scale,
     )
     print_table(result)
     if args.json is not None:

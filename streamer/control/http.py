@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 
+from pipelines.conditioning.style_image import MAX_STYLE_BODY_BYTES
 from streamer.control.params import ParamsController
 from streamer.observe.prometheus import CONTENT_TYPE, exposition
 from streamer.observe.stats import RunStats
@@ -38,8 +39,8 @@ def refusal(status: int, message: str, headers: dict[str, str] | None = None) ->
 
 async def params_reply(request: web.Request, params: ParamsController) -> web.Response:
     """POST a live change: read the JSON body (its refusals in the same shape), apply it off the loop."""
-    try:
-        changes = await read_json(request)
+    try:  # room for a style image (base64) in a change: more than the app's other bodies
+        changes = await read_json(request, max_bytes=MAX_STYLE_BODY_BYTES)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -33,9 +33,11 @@ class ChangeFailed(RuntimeError):
     not the client's fault (HTTP 503)."""
 
 COMMAND_HELP = ("commands: prompt TEXT | negative_prompt TEXT | strength 0-1 | seed N | steps N | "
-                "guidance X | smoothing on|off | controlnet on|off|{\"scale\": 0.5, ...} | params | help")
+                "guidance X | smoothing on|off | controlnet on|off|{\"scale\": 0.5, ...} | style FILE|off | "
+                "style_scale 0-2 | params | help")
 _ALIASES = {"steps": "num_inference_steps", "guidance": "guidance_scale", "negative": "negative_prompt",
-            "negative-prompt": "negative_prompt"}
+            "negative-prompt": "negative_prompt", "style": "style_image", "style-image": "style_image",
+            "style-scale": "style_scale"}
 
 
 def parse_command(line: str) -> tuple[str, dict[str, Any]]:
@@ -56,8 +58,20 @@ def parse_command(line: str) -> tuple[str, dict[str, Any]]:
     if word not in LIVE_PARAMS:
         raise ValueError(f"unknown command {word!r}; {COMMAND_HELP}")
     if not rest and word not in ("prompt", "negative_prompt"):
-        raise ValueError(f"{word} needs a value, e.g. '{word} {'off' if word == 'smoothing' else '1'}'")
+        example = {"smoothing": "off", "style_image": "painting.png"}.get(word, "1")
+        raise ValueError(f"{word} needs a value, e.g. '{word} {example}'")
+    if word == "style_image" and rest.lower() not in ("off", "none"):  # the terminal's user names a file
+        from pipelines.conditioning.style_image import read_style_file
+
+        return "set", LiveParams.parse({word: read_style_file(rest, "style")}).changes()
     return "set", LiveParams.parse({word: rest}).changes()
+
+
+def reported(name: str, value: Any) -> Any:
+    """A parameter as GET /params shows it: a style image by its size and digest, never its pixels."""
+    if name == "style_image" and value is not None:
+        return value.label
+    return value
 
 
 def initial_params(config: PipelineConfig) -> dict[str, Any]:
@@ -65,6 +79,13 @@ def initial_params(config: PipelineConfig) -> dict[str, Any]:
     params = {name: getattr(config, name) for name in LIVE_PARAMS if name in PipelineConfig.model_fields}
     params["smoothing"] = config.smoothing.enabled
     params["controlnet"] = config.control_settings().model_dump() if config.controlnets else None
+    if config.ip_adapter is None:  # no style image to change (the page hides its style controls)
+        params.pop("style_image", None)
+        params.pop("style_scale", None)
+    elif config.style_image:
+        from pipelines.conditioning.style_image import read_style_file
+
+        params["style_image"] = read_style_file(config.style_image, "style_image").label
     return params
 
 
@@ -112,7 +133,7 @@ class ParamsController:
                     elif key == "controlnet" and isinstance(self._current.get("controlnet"), dict):
                         self._current["controlnet"] = reported_control(self._current["controlnet"], value)
                     else:
-                        self._current[key] = value
+                        self._current[key] = reported(key, value)
                 return dict(self._current)
 
     def answer(self, changes: Any) -> tuple[int, dict[str, Any]]:

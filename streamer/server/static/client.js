@@ -1,5 +1,8 @@
 // The camera page: send the camera over WebRTC, play the stylized video that comes back, change the
 // prompt, strength, seed and smoothing live over a data channel (POST /sessions/{id}/params before it opens).
+// A style image (models with an IP-Adapter), dropped or picked, is scaled to at most 512 px here and always
+// sent by POST /sessions/{id}/params (too large for a data channel message); picked before Start, it is sent
+// once the session exists.
 // Camera and resolution can be changed while running (the sent track is replaced or re-constrained).
 // ?token=T: the server set a cookie with it when it sent this page; every request here carries the cookie.
 (function () {
@@ -7,7 +10,8 @@
   const $ = (id) => document.getElementById(id);
   // Read by the tests and handy in the console.
   const state = window.streamer = { sessionId: null, connectionState: "new", stats: null, lastReply: null,
-                                    pc: null, channel: null, camera: null };
+                                    pc: null, channel: null, camera: null, style: null };
+  const STYLE_SIDE = 512;  // CLIP looks at 224 px: larger only costs upload time
   const touched = new Set();  // controls the user changed: sent with the offer instead of the server's defaults
   const saved = { camera: "streamer.camera", resolution: "streamer.resolution", mirror: "streamer.mirror" };
 
@@ -90,9 +94,63 @@
   }
   state.setParams = setParams;
 
+  // Always over HTTP: a picture is far larger than a data channel message should be.
+  async function postParams(params) {
+    const response = await fetch(`/sessions/${state.sessionId}/params`, {
+      method: "POST", body: JSON.stringify(params), headers: { ...authHeaders(), "Content-Type": "application/json" } });
+    const json = (response.headers.get("Content-Type") || "").startsWith("application/json");
+    const reply = json ? await response.json() : { ok: false, error: await response.text() };
+    state.lastReply = reply;
+    setError(reply.ok ? "" : reply.error);
+    return reply;
+  }
+
+  async function styleDataUrl(file) {
+    if (!file.type.startsWith("image/")) throw new Error(`${file.name} is not a picture (${file.type || "unknown type"})`);
+    let bitmap;
+    try {
+      bitmap = await createImageBitmap(file);
+    } catch (err) {
+      throw new Error(`${file.name} could not be read as a picture`);
+    }
+    const k = Math.min(1, STYLE_SIDE / Math.max(bitmap.width, bitmap.height));
+    const canvas = document.createElement("canvas");
+    canvas.width = Math.max(16, Math.round(bitmap.width * k));
+    canvas.height = Math.max(16, Math.round(bitmap.height * k));
+    canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+    bitmap.close();
+    return canvas.toDataURL("image/jpeg", 0.92);
+  }
+
+  async function setStyle(file) {
+    setError("");
+    try {
+      const url = file ? await styleDataUrl(file) : "";
+      state.style = url;
+      $("style-preview").src = url;
+      $("style-preview").hidden = !url;
+      $("style-name").textContent = file ? file.name : "Drop a picture here for its style, or";
+      $("style-clear").disabled = !url;
+      if (state.sessionId) await postParams({ style_image: url });
+    } catch (err) {
+      setError(String(err.message || err));
+    }
+  }
+  state.setStyle = setStyle;
+
+  function showStyleControls(defaults) {
+    if (defaults.style_scale === undefined) return;  // the model has no IP-Adapter
+    $("style-row").hidden = false;
+    if (!touched.has("style_scale")) {
+      $("style-scale").value = defaults.style_scale;
+      $("style-scale-value").textContent = defaults.style_scale;
+    }
+  }
+
   function controlValues() {
     return { prompt: $("prompt").value || undefined, strength: Number($("strength").value),
-             seed: Number($("seed").value), smoothing: $("smoothing").checked };
+             seed: Number($("seed").value), smoothing: $("smoothing").checked,
+             style_scale: Number($("style-scale").value) };
   }
 
   async function start() {
@@ -147,6 +205,7 @@
       const answer = await response.json();
       state.sessionId = answer.session_id;
       await pc.setRemoteDescription({ type: answer.type, sdp: answer.sdp });
+      if (state.style) await postParams({ style_image: state.style });  // picked before Start
       $("stop").disabled = false;
       pollReceivedFps();
     } catch (err) {
@@ -163,6 +222,7 @@
     }
     if (defaults.seed !== undefined && !touched.has("seed")) $("seed").value = defaults.seed;
     if (defaults.smoothing !== undefined && !touched.has("smoothing")) $("smoothing").checked = defaults.smoothing;
+    showStyleControls(defaults);
   }
 
   async function pollReceivedFps() {
@@ -266,6 +326,22 @@
   };
   $("seed").onchange = () => { touched.add("seed"); setParams({ seed: Number($("seed").value) }); };
   $("smoothing").onchange = () => { touched.add("smoothing"); setParams({ smoothing: $("smoothing").checked }); };
+  $("style-scale").oninput = () => {
+    touched.add("style_scale");
+    $("style-scale-value").textContent = $("style-scale").value;
+    setParams({ style_scale: Number($("style-scale").value) });
+  };
+  $("style-file").onchange = () => { const file = $("style-file").files[0]; if (file) setStyle(file); };
+  $("style-clear").onclick = () => { $("style-file").value = ""; setStyle(null); };
+  const drop = $("style-drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    const file = e.dataTransfer && e.dataTransfer.files[0];
+    if (file) setStyle(file);
+  });
   $("mirror").onchange = () => setMirror($("mirror").checked);
   $("fullwindow").onclick = () => setFullWindow(!$("output").classList.contains("full-window"));
   document.addEventListener("fullscreenchange", () => { if (!document.fullscreenElement) setFullWindow(false); });
@@ -290,4 +366,7 @@
   } else {
     refreshCameras();
   }
+  // Style controls only where the model has an IP-Adapter (the server's defaults then carry style_scale).
+  fetch("/config", { headers: authHeaders() }).then((r) => r.json())
+    .then((config) => showStyleControls(config.defaults || {})).catch(() => {});
 })();
