@@ -299,3 +299,19 @@ def test_ip_adapter_compiled_and_fused_match_eager(tmp_path):
     assert np.abs(a - b).max() < 1e-4
     assert fast.unet_forward.compiled_calls > 0 and not fast.unet_forward.failed
     assert counters["frames"]["ok"] == compiled_before, "recompiled after start-up"
+
+
+def test_ip_adapter_with_smoothing(tmp_path):
+    """Smoothing (latent blending, frame skipping) with a style image: a still input skips the model and
+    re-emits the styled picture; the style still differs from no style."""
+    from pipelines.factory import load_pipeline
+
+    ipa = adapter(tmp_path, tiny_components("lcm")["unet"])
+    pipe = load_pipeline("tiny", device="cpu", ip_adapter=ipa)
+    assert pipe.config.smoothing.enabled
+    pipe.update("styled", style_image=png(50), style_scale=1.0)
+    image = frames(1, seed=12)
+    styled = [pipe(image, ["styled"], output_type="float") for _ in range(3)]
+    plain = pipe(image, ["plain"], output_type="float")
+    assert np.abs(styled[0] - plain).max() > 0.05
+    np.testing.assert_array_equal(styled[1], styled[2])  # still input: skipped, the styled frame again
