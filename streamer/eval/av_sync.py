@@ -27,6 +27,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import av.error
 import numpy as np
 
 AUDIO_RATE = 48_000
@@ -125,7 +126,7 @@ def make_sync_clip(path: str | Path, *, seconds: float = 6.0, fps: float = 30.0,
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         video.time_base = video.codec_context.time_base = time_base
         if video_codec.startswith("libx26"):
-            video.options = {"preset": "ultrafast", "bf": "0"}
+            video.options = {"preset": "ultrafast", "bf": "0", "g": str(round(fps))}  # a key frame a second
         elif video_codec.startswith("libvpx"):
             video.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
         sound = container.add_stream(audio_codec, rate=audio_rate, layout="mono")
@@ -255,26 +256,40 @@ def measure(video: Iterable[tuple[float, float]], audio: Iterable[tuple[float, n
                       audio_seconds=sum(len(s) / r for _, s, r in audio))
 
 
-def decoded(path: str | Path) -> tuple[list[tuple[float, float]], list[tuple[float, np.ndarray, int]]]:
+def decoded(path: str | Path, *, options: dict[str, str] | None = None,
+            timeout: tuple[float, float] | None = None) -> tuple[list[tuple[float, float]], list[tuple[float, np.ndarray, int]]]:
     """(pts seconds, brightness) of every video frame and (pts seconds, samples, rate) of every audio frame
-    of the first video and audio streams of ``path``."""
+    of the first video and audio streams of ``path``: a file, or a stream URL (``udp://127.0.0.1:PORT``)
+    read with ``options`` until nothing comes for ``timeout[1]`` seconds (``timeout[0]``: to open)."""
     video: list[tuple[float, float]] = []
     audio: list[tuple[float, np.ndarray, int]] = []
-    with av.open(str(path)) as container:
+    with av.open(str(path), options=options or {}, timeout=timeout) as container:
         streams = [*container.streams.video[:1], *container.streams.audio[:1]]
-        for packet in container.demux(streams):
-            for frame in packet.decode():
-                if frame.pts is None or frame.time_base is None:
-                    continue
-                seconds = float(frame.pts * frame.time_base)
-                if isinstance(frame, av.VideoFrame):
-                    video.append((seconds, brightness(frame)))
-                else:
-                    audio.append((seconds, mono(frame), frame.sample_rate))
+        try:
+            for packet in container.demux(streams):
+                for frame in _decode(packet):
+                    if frame.pts is None or frame.time_base is None:
+                        continue
+                    seconds = float(frame.pts * frame.time_base)
+                    if isinstance(frame, av.VideoFrame):
+                        video.append((seconds, brightness(frame)))
+                    else:
+                        audio.append((seconds, mono(frame), frame.sample_rate))
+        except av.error.ExitError:  # a stream's read timeout: the sender stopped
+            if timeout is None:
+                raise
     return video, audio
 
 
-def measure_file(path: str | Path, *, window: float = 0.4) -> SyncReport:
-    """Sync of the first video and audio streams of a file (or a stream ``av.open`` reads)."""
-    video, audio = decoded(path)
+def _decode(packet: av.Packet) -> list[av.VideoFrame | av.AudioFrame]:
+    try:
+        return list(packet.decode())
+    except av.error.InvalidDataError:  # a stream joined mid-way: packets before the first key frame
+        return []
+
+
+def measure_file(path: str | Path, *, window: float = 0.4, options: dict[str, str] | None = None,
+                 timeout: tuple[float, float] | None = None) -> SyncReport:
+    """Sync of the first video and audio streams of a file (or a stream ``av.open`` reads, see ``decoded``)."""
+    video, audio = decoded(path, options=options, timeout=timeout)
     return measure(video, audio, window=window)
