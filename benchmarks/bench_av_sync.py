@@ -160,8 +160,6 @@ def main() -> int:
     parser.add_argument("--paths", default=",".join([*PATHS, *SERVER_PATHS]))
     parser.add_argument("--models", default="slow,tiny")
     args = parser.parse_args()
-    if not Path(SYSTEM_PYTHON).exists() or shutil.which("gst-launch-1.0") is None:
-        print("note: the RTSP paths need GStreamer's RTSP server under /usr/bin/python3", file=sys.stderr)
     workdir = Path(tempfile.mkdtemp(prefix="bench-av-sync-"))
     clip = make_sync_clip(workdir / "clip.mp4", seconds=args.seconds + 4, first=0.7, every=0.5).path
     print(f"clip: {clip.name}, 30 fps, a flash and a click every 0.5 s; tolerance {FRAME_S * 1000:.1f} ms")
