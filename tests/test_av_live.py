@@ -201,3 +201,13 @@ def test_a_reconnect_keeps_audio_on_the_videos_clock(tmp_path: Path, start_serve
     gaps = [b[0] - a[1] for a, b in zip(spans, spans[1:], strict=False)]
     assert min(gaps) >= -0.002, "audio overlaps itself"
     assert len([gap for gap in gaps if gap > FRAME]) <= 1 and max(gaps) <= outage + 3.0, sorted(gaps)[-3:]
+
+
+def test_a_sink_without_audio_gets_a_note_on_the_sync_offset(tmp_path: Path) -> None:
+    """A virtual camera carries no sound: `run` says where the video's delay is reported (for OBS's Sync
+    Offset). This machine has no v4l2loopback device, so the run then stops with the usual one-line error."""
+    clip = sync_clip(tmp_path, seconds=1)
+    done = streamer("run", "--source", str(clip), "--sink", "virtualcam", "--preset", "passthrough")
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[0].startswith("streamer: note: virtualcam carries no audio") and "Sync Offset" in lines[0], lines
+    assert done.returncode == 2 and lines[1].startswith("streamer: error: virtual camera"), lines

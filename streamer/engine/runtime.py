@@ -110,7 +110,7 @@ class Runtime:
         self._last_emit = 0.0
         self._clock = PtsClock(self.fps)  # output pts: a reconnect may restart the source's clock
         self._pacer = Pacer()
-        self._audio = source.audio  # None: the source carries no audio
+        self._audio = getattr(source, "audio", None)  # None: the source carries no audio
         self._audio_shift = 0.0  # output pts minus the source's, seconds, as of the last frame emitted
         self._audio_lock = threading.Lock()  # the pump and the run loop both forward audio, in order
 

@@ -254,8 +254,10 @@ class AvSink(Sink):
         video already written: the same shift as the last frame's. Nothing before the first frame."""
         if self._container is None or self._audio is None:
             raise SinkError(f"{self.target}: write_audio() before open()")
-        if self._shift is not None:
-            self._mux_packets(self._audio.place(chunk, self._shift))
+        if self._shift is None:
+            self._audio.skipped += 1  # before the first frame: the recording starts with its video
+            return
+        self._mux_packets(self._audio.place(chunk, self._shift))
 
     @property
     def audio_encoders(self) -> list[str]:
