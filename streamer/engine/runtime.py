@@ -111,6 +111,8 @@ class Runtime:
         self._clock = PtsClock(self.fps)  # output pts: a reconnect may restart the source's clock
         self._pacer = Pacer()
         self._audio = getattr(source, "audio", None)  # None: the source carries no audio
+        if self._audio is not None:
+            self._audio.used = True
         self._audio_shift = 0.0  # output pts minus the source's, seconds, as of the last frame emitted
         self._audio_lock = threading.Lock()  # the pump and the run loop both forward audio, in order
 

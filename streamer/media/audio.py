@@ -119,6 +119,7 @@ class AudioTap:
         self.clock = clock
         self.queue = AudioQueue(max_seconds)
         self.format: AudioFormat | None = None  # the first connection's: sinks open with it
+        self.used = False  # a runtime takes from the queue (counted in the stats); else it just stays bounded
         self.pending_dropped = 0
         self._pending: deque[tuple[av.Packet, float]] = deque()
 

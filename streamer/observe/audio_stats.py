@@ -46,7 +46,7 @@ class AudioStats:
     def snapshot(self, sources: Iterable[Any] = ()) -> dict[str, Any]:
         """``packets_in`` (taken from the sources), ``dropped_in_source`` (their queues' bound), ``delay_ms``
         (current delay applied), and per sink ``written``, ``dropped``, ``av_offset_ms`` (current)."""
-        taps = [source.audio for source in sources if getattr(source, "audio", None) is not None]
+        taps = [source.audio for source in sources if getattr(getattr(source, "audio", None), "used", False)]
         with self._lock:
             return {
                 "packets_in": sum(tap.queue.put_count for tap in taps),
