@@ -65,6 +65,11 @@ def main() -> int:
         help="send gray frames carrying the frame index and CLOCK_MONOTONIC ms at capture in their top rows, "
         "in the layout streamer.sources.testsrc.read_marks reads (for glass-to-frame latency)",
     )
+    parser.add_argument(
+        "--clip", default=None,
+        help="serve this MP4 (H.264 video, AAC audio) instead of a test pattern, in real time (once); its "
+        "audio goes out as a second RTP stream (pay1), as an IP camera with a microphone sends it",
+    )
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
 
@@ -74,7 +79,13 @@ def main() -> int:
     server.set_service(str(args.port))
     factory = GstRtspServer.RTSPMediaFactory()
     encode = "x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! rtph264pay name=pay0 pt=96 config-interval=1"
-    if args.marks:
+    if args.clip:
+        factory.set_launch(
+            f"( filesrc location={args.clip} ! qtdemux name=d "
+            "d.video_0 ! queue ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=1 "
+            "d.audio_0 ! queue ! aacparse ! rtpmp4gpay name=pay1 pt=97 )"
+        )
+    elif args.marks:
         factory.set_launch(
             f"( appsrc name=marks is-live=true format=time do-timestamp=true "
             f"caps=video/x-raw,format=GRAY8,width={width},height={height},framerate={args.fps}/1 "

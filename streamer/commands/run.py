@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     # drops) through a load that can take many seconds. Bad specs were refused above, before the load.
     pipeline = load_pipeline(config, on_progress=say)
     source.open()
-    _warn_audio_left_out(source, sinks)
+    _note_sinks_without_audio(source, sinks)
     try:
         return _run_opened(args, source, sinks, config, pipeline, setup)
     finally:
@@ -164,9 +164,13 @@ def _run_opened(args: argparse.Namespace, source: Any, sinks: list, config: Any,
         worker.close()
 
 
-def _warn_audio_left_out(source: Any, sinks: list) -> None:
-    """`run` carries video only: say so when a file with sound is recorded into a file."""
-    files = [sink.file for sink in sinks if sink.file]
-    if source.audio_streams and files:
-        print(f"streamer: warning: run records video only, so {', '.join(files)} will have no sound; "
-              f"`streamer file {source.path} OUT` keeps the audio", file=sys.stderr)
+def _note_sinks_without_audio(source: Any, sinks: list) -> None:
+    """A source's audio goes to file and network sinks; a virtual camera or window carries none: say how to
+    put the sound back in sync elsewhere (OBS's Sync Offset) from the delay the run reports."""
+    if source.audio is None or source.audio.format is None:
+        return
+    silent = [sink.name for sink in sinks if not sink.takes_audio]
+    if silent:
+        print(f"streamer: note: {', '.join(silent)} carries no audio; the video there runs behind the source's "
+              "sound by the 'video delay' the status line, --stats and /metrics report (in OBS: Advanced Audio "
+              "Properties, Sync Offset = that delay on the audio source)", file=sys.stderr)

@@ -14,6 +14,12 @@ paces them, and holding frames back would only add latency); their pts are kept,
 (the one PtsClock), so recordings keep the source's timing. A non-live source feeding a live sink (virtual
 camera, window, network) is held to its pts on the wall clock by the one Pacer, so a file plays at its own
 rate. Latency is a frame's capture time (kept on the frame from the source) to the end of a sink's write.
+
+Audio (a source's first audio stream, streamer.media.audio) never goes through the frame slots: it waits in
+the source's queue, bounded by time, until the model has returned the video frame it plays with, and then
+goes to the sinks that carry audio, re-timed by the same output clock as that frame; so it is delayed by
+exactly what the model delays the video, and a dropped frame drops no audio. Audio that waited
+AUDIO_HOLD_S for its video (the model stalled) goes on without it.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import cv2
 import numpy as np
 
 from pipelines.errors import PipelineError
+from streamer.media.audio import AUDIO_HOLD_S
 from streamer.media.frames import Frame, Pacer, PtsClock
 from streamer.observe.stats import RunStats
 from streamer.sinks.base import Sink, SinkError
@@ -103,6 +110,11 @@ class Runtime:
         self._last_emit = 0.0
         self._clock = PtsClock(self.fps)  # output pts: a reconnect may restart the source's clock
         self._pacer = Pacer()
+        self._audio = getattr(source, "audio", None)  # None: the source carries no audio
+        if self._audio is not None:
+            self._audio.used = True
+        self._audio_shift = 0.0  # output pts minus the source's, seconds, as of the last frame emitted
+        self._audio_lock = threading.Lock()  # the pump and the run loop both forward audio, in order
 
     # --- control ------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -138,6 +150,7 @@ class Runtime:
                     self.stop()
                 if self.writers and all(w.failed is not None for w in self.writers):
                     self._fail(SinkError(f"every sink failed; last: {self.writers[-1].failed}"))
+                self._forward_audio(until=-float("inf"), waited=AUDIO_HOLD_S)
                 if self.on_tick is not None and now >= next_tick:
                     next_tick = now + self.tick_s
                     self.on_tick(self.stats)
@@ -145,6 +158,7 @@ class Runtime:
             self.stop()
             self._close_input()  # the pump's read returns at once; the frame at the model still goes out
             pump.join(30)
+            self._forward_audio()  # the end: what is left goes out behind the last frames
             for writer in self.writers:
                 writer.finish(timeout=30)
         if self._error is not None:
@@ -203,7 +217,11 @@ class Runtime:
                 failures = 0
                 done = time.monotonic()
                 self.stats.processed(submitted - frame.capture_time, done - submitted, done)
-                self._emit(self._retime(out))
+                retimed = self._retime(out)
+                self._emit(retimed)
+                if out.seconds is not None and retimed.seconds is not None:
+                    self._audio_shift = retimed.seconds - out.seconds
+                    self._forward_audio(until=out.seconds + 1.0 / self.fps)
         except (SinkError, PipelineError, SourceError) as exc:
             self._fail(exc)
         except Exception as exc:  # noqa: BLE001
@@ -217,10 +235,26 @@ class Runtime:
             return 0.1
         return max(0.001, self._last_emit + 1.0 / self.fps - time.monotonic())
 
+    def _forward_audio(self, until: float | None = None, waited: float | None = None) -> None:
+        """Audio up to ``until`` (source seconds; None: all) and audio that waited ``waited`` seconds, from
+        the source's queue to the sinks, on the output clock."""
+        if self._audio is None or not any(w.opened for w in self.writers):
+            return
+        with self._audio_lock:
+            chunks = self._audio.queue.take(until, waited=waited)
+            if not chunks:
+                return
+            shift = self._audio_shift
+            for chunk in chunks:
+                chunk.seconds += shift
+            for writer in self.writers:
+                writer.offer_audio(chunks)
+
     def _emit(self, frame: Frame, *, repeated: bool = False) -> None:
         if not any(w.opened for w in self.writers):
+            audio = self._audio.format if self._audio is not None else None
             for writer in self.writers:  # sizes are known now; a sink that cannot open ends the run
-                writer.open(frame.width, frame.height, self.fps)
+                writer.open(frame.width, frame.height, self.fps, audio)
         if self.pace_by_pts and not repeated:
             self._pace(frame)
         for writer in self.writers:

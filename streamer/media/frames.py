@@ -91,6 +91,14 @@ class PtsClock:
         self._restart = False
         return self._give(out)
 
+    def seconds_of(self, pts: int | None, time_base: Fraction) -> float | None:
+        """Where a timestamp of the same source lands on this clock, in seconds, without moving the clock
+        (audio placed beside the video it came with). None before the first pts, or while a restart waits
+        for its first pts (the new offset is not known yet)."""
+        if pts is None or self.time_base is None or self.last is None or self._restart:
+            return None
+        return float(pts * Fraction(time_base) + self._offset * self.time_base)
+
     def _step(self) -> int:
         assert self.time_base is not None
         return frame_step(self.fps, self.time_base) if self.fps else self._spacing

@@ -13,12 +13,18 @@ and where a frame was dropped is a label, not a name:
 - ``streamer_batch_size``, ``streamer_model_seconds``: frames per model call and its duration, histograms
 - ``streamer_sink_frames_written_total{sink}``, ``streamer_sink_frames_repeated_total{sink}``,
   ``streamer_sink_errors_total{sink}``
+- ``streamer_video_delay_seconds``: the video's current delay (median of the last frames' latency): what
+  a sink without audio runs behind the sound (OBS's audio Sync Offset)
+- ``streamer_audio_packets_total{direction="in|out"}``, ``streamer_audio_packets_dropped_total{where="source|sink"}``,
+  ``streamer_audio_delay_seconds`` (current delay applied to audio), ``streamer_av_offset_seconds{sink}``
+  (audio minus video at the sink, current)
 - serve only: ``streamer_sessions{kind}`` (open now), ``streamer_sessions_started_total``
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from streamer.observe.stats import Histogram, RunStats
 
@@ -71,11 +77,28 @@ def exposition(stats: RunStats, sessions: Mapping[str, int] | None = None) -> st
            [(f'{{sink="{_label(name)}"}}', s["repeated"]) for name, s in sinks.items()])
     family("sink_errors_total", "counter", "Sink write failures, by sink.",
            [(f'{{sink="{_label(name)}"}}', s["errors"]) for name, s in sinks.items()])
+    _audio(snap, family)
     if sessions is not None:
         family("sessions", "gauge", "Open WebRTC sessions by kind.",
                [(f'{{kind="{_label(kind)}"}}', count) for kind, count in sorted(sessions.items())])
         family("sessions_started_total", "counter", "Sessions accepted since start.", [("", stats.sessions_started)])
     return "\n".join(lines) + "\n"
+
+
+def _audio(snap: dict, family: Any) -> None:
+    audio = snap["audio"]
+    seconds = (lambda ms: 0.0 if ms is None else ms / 1000)  # noqa: E731
+    family("video_delay_seconds", "gauge", "The video's current delay (capture to written or sent); set OBS's "
+           "audio Sync Offset to it for a sink without audio.", [("", seconds(snap["video_delay_ms"]))])
+    family("audio_packets_total", "counter", "Audio packets taken from the source (in) and handed to sinks (out).",
+           [('{direction="in"}', audio["packets_in"]), ('{direction="out"}', audio["packets_out"])])
+    family("audio_packets_dropped_total", "counter", "Audio packets dropped at a queue's time bound (a stuck "
+           "reader or sink), by where.", [('{where="source"}', audio["dropped_in_source"])]
+           + [(f'{{where="sink",sink="{_label(name)}"}}', s["dropped"]) for name, s in audio["sinks"].items()])
+    family("audio_delay_seconds", "gauge", "Current delay applied to audio (capture to written): it waits for "
+           "its video.", [("", seconds(audio["delay_ms"]))])
+    family("av_offset_seconds", "gauge", "Audio minus video at each sink, current (positive: sound late).",
+           [(f'{{sink="{_label(name)}"}}', seconds(s["av_offset_ms"])) for name, s in audio["sinks"].items()])
 
 
 def _number(value: float) -> str:

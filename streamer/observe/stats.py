@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from streamer.observe.audio_stats import AudioStats, recent_ms
+
 WINDOW = 4096  # samples kept per series for percentiles
 RATE_WINDOW_S = 2.0  # live fps is measured over this many seconds
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)  # seconds
@@ -130,6 +132,7 @@ class RunStats:
         self.sinks: dict[str, SinkStats] = {}
         self.histograms = {"latency_seconds": Histogram(LATENCY_BUCKETS), "batch_size": Histogram(BATCH_BUCKETS),
                            "model_seconds": Histogram(MODEL_BUCKETS)}
+        self.audio = AudioStats()  # audio packets in/out, delay applied, A/V offset per sink
 
     # --- events -------------------------------------------------------------------------------------
     def watch_source(self, source: Any, *, drops: bool = True) -> None:
@@ -253,9 +256,13 @@ class RunStats:
                 "fps_in_now": round(self.rate_in.per_second(now), 2),
                 "fps_out_now": round(self.rate_out.per_second(now), 2),
                 "latency_ms": _latency(latency),
+                # The video's current delay (capture to written/sent, median of the last frames): what a
+                # sink without audio (virtual camera, window) is behind the sound, e.g. OBS's Sync Offset.
+                "video_delay_ms": recent_ms(self.latency.samples),
                 "stages": {name: series.summary() for name, series in self.stages.items()},
                 "batch_sizes": dict(sorted(self.batch_sizes.items())),
                 "sinks": sinks,
+                "audio": self.audio.snapshot(self._sources),
             }
 
     def write_json(self, path: Path | str, *, overwrite: bool = True) -> None:
@@ -276,6 +283,11 @@ class RunStats:
             f"model {model:.0f} ms" if model is not None else "model -",
             f"dropped {snap['dropped']} (capture {snap['dropped_at']['capture']})",
         ]
+        if snap["video_delay_ms"] is not None:
+            parts.append(f"video delay {snap['video_delay_ms']:.0f} ms")
+        audio = snap["audio"]
+        if audio["packets_in"]:
+            parts.append(f"audio {audio['packets_in']} in {audio['packets_out']} out")
         if snap["reconnects"]:
             parts.append(f"reconnects {snap['reconnects']}")
         if snap["no_signal"]:

@@ -23,12 +23,12 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from streamer.engine.outputs import PartialFile, check_output
+from streamer.media.audio import AudioChunk
 from streamer.media.frames import Frame, PtsClock
 from streamer.media.picture import ColourTags
+from streamer.sinks.audio_out import AudioOut
 from streamer.sinks.base import Sink, SinkError
 from streamer.sinks.encoders import (
-    AudioTranscoder,
-    audio_encoder_for,
     encoder_options,
     even_size,
     pick_pixel_format,
@@ -61,6 +61,7 @@ class AvSink(Sink):
     """
 
     name = "av"
+    takes_audio = True
 
     def __init__(
         self,
@@ -95,8 +96,8 @@ class AvSink(Sink):
         self.pixel_format = ""
         self._container: av.container.OutputContainer | None = None
         self._video: av.VideoStream | None = None
-        self._audio_map: dict[int, av.stream.Stream] = {}
-        self._transcoders: dict[int, AudioTranscoder] = {}  # input audio streams transcoded, not copied
+        self._audio: AudioOut | None = None  # the audio streams, made at open()
+        self._shift: float | None = None  # live audio: output video pts minus the frames' own, seconds
         self._colour: ColourTags | None = None
         self._reformatter = VideoReformatter()  # one scaler set-up for the whole stream
         self._time_base = NETWORK_TIME_BASE
@@ -144,8 +145,9 @@ class AvSink(Sink):
             # timeout applies there (see _open_container).
             self._container = self._open_container()
             self._add_video_stream()
+            self._audio = AudioOut(self._container, self.target)
             for stream in audio_from:
-                self._add_audio_stream(stream)
+                self._audio.add(stream)
             self._container.start_encoding()
         except SinkError:
             self._abandon()
@@ -198,22 +200,6 @@ class AvSink(Sink):
             stream.codec_context.gop_size = self.gop
         self._video = stream
 
-    def _add_audio_stream(self, template: av.stream.Stream) -> None:
-        assert self._container is not None
-        encoder = audio_encoder_for(self._container, template.codec_context.name)
-        try:
-            if encoder is None:
-                out = self._container.add_stream_from_template(template)
-            else:
-                transcoder = self._transcoders[template.index] = AudioTranscoder(self._container, template, encoder)
-                out = transcoder.stream
-                log.info("%s cannot hold %s audio: transcoding it to %s", self.target,
-                         template.codec_context.name, encoder)
-        except (av.error.FFmpegError, ValueError) as exc:
-            raise SinkError(f"{self.target} cannot hold {template.codec_context.name} audio ({exc}); "
-                            "write .mkv or .mp4 instead") from None
-        self._audio_map[template.index] = out
-
     def _describe_open_error(self, exc: BaseException) -> str:
         text = str(exc).split("\n")[0]
         if "avcodec_open2" in text:  # the encoder refused its settings; the container is not at fault
@@ -246,6 +232,8 @@ class AvSink(Sink):
             video_frame = av.VideoFrame.from_ndarray(image, format="rgb24")
         video_frame.pts = self._next_pts(frame)
         video_frame.time_base = self._time_base
+        if frame.seconds is not None:
+            self._shift = float(video_frame.pts * self._time_base) - frame.seconds
         try:
             with self._busy():
                 self._container.mux(self._video.encode(video_frame))
@@ -257,26 +245,34 @@ class AvSink(Sink):
     def mux_audio(self, packet: av.Packet) -> None:
         """Remux one audio packet from a stream given to ``open(audio_from=...)`` unchanged (or transcode it,
         when the container cannot hold its codec)."""
-        if self._container is None:
+        if self._container is None or self._audio is None:
             raise SinkError(f"{self.target}: mux_audio() before open()")
-        index = packet.stream.index if packet.stream is not None else None
-        out = self._audio_map.get(index) if index is not None else None
-        if out is None or packet.dts is None:  # dts None: a demuxer flush packet, nothing to store
+        self._mux_packets(self._audio.packets(packet))
+
+    def write_audio(self, chunk: AudioChunk) -> None:
+        """One live audio chunk (its seconds on the clock of the frames given to ``write``), placed beside the
+        video already written: the same shift as the last frame's. Nothing before the first frame."""
+        if self._container is None or self._audio is None:
+            raise SinkError(f"{self.target}: write_audio() before open()")
+        if self._shift is None:
+            self._audio.skipped += 1  # before the first frame: the recording starts with its video
             return
-        transcoder = self._transcoders.get(index) if index is not None else None
-        if transcoder is not None:
-            self._mux_packets(transcoder.encode(packet))
-            return
-        packet.stream = out
-        self._mux_packets([packet])
+        self._mux_packets(self._audio.place(chunk, self._shift))
 
     @property
     def audio_encoders(self) -> list[str]:
         """The encoders of audio streams transcoded because the container cannot hold their codec."""
-        return [transcoder.stream.codec_context.name for transcoder in self._transcoders.values()]
+        return self._audio.encoders if self._audio is not None else []
+
+    @property
+    def audio_skipped(self) -> int:
+        """Live audio packets left out: before the first video frame, or overlapping (after a reconnect)."""
+        return self._audio.skipped if self._audio is not None else 0
 
     def _mux_packets(self, packets: list[av.Packet]) -> None:
         assert self._container is not None
+        if not packets:
+            return
         try:
             with self._busy():
                 self._container.mux(packets)
@@ -337,8 +333,8 @@ class AvSink(Sink):
             return
         audio_error: SinkError | None = None
         try:
-            for transcoder in self._transcoders.values():
-                self._mux_packets(transcoder.encode(None))  # the transcoders' last frames
+            if self._audio is not None:
+                self._mux_packets(self._audio.flush())  # the transcoders' last frames
         except SinkError as exc:
             audio_error = exc
         self._container = self._video = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+from streamer.media.audio import AudioChunk
 from streamer.media.frames import Frame
 
 
@@ -23,6 +24,7 @@ class Sink(ABC):
     target: str | None = None  # the file path or URL written; None for a window or a camera device
     is_network: bool = False  # ``target`` is a URL a peer receives, not a local file
     stop_requested: bool = False  # the user asked to stop from the sink itself (a preview window closed)
+    takes_audio: bool = False  # carries a live source's audio: open(..., audio_from=[...]) and write_audio()
 
     @property
     def file(self) -> str | None:
@@ -37,6 +39,10 @@ class Sink(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+    def write_audio(self, chunk: AudioChunk) -> None:
+        """One audio packet, after the video frame it follows (only sinks that ``takes_audio``)."""
+        raise NotImplementedError(f"{self.name} carries no audio")
 
     def __enter__(self) -> Sink:
         return self

@@ -11,8 +11,9 @@ import av
 import av.error
 import numpy as np
 
+from streamer.media.audio import AudioTap
 from streamer.media.av_io import (
-    decode_video,
+    decode_media,
     describe_error,
     first_video_stream,
     invents_timestamps,
@@ -45,6 +46,8 @@ class AvLiveSource(ThreadedSource):
     camera), with the one :class:`~streamer.media.frames.Pacer` (it re-anchors after a stall or a pts jump).
     Frames from inputs whose timestamps FFmpeg invents (raw MJPEG, multipart JPEG over HTTP) are stamped
     with the capture clock instead: FFmpeg's made-up 25 fps would be wrong for any other rate.
+    The input's first audio stream goes to ``audio`` (streamer.media.audio.AudioTap), placed on the same
+    clock as the frames, never through the frame slot.
     """
 
     pace = False
@@ -55,6 +58,7 @@ class AvLiveSource(ThreadedSource):
         super().__init__(**kwargs)
         self.clock = PtsClock()  # pts keep increasing across reconnects and loops
         self.pacer = Pacer()
+        self.audio = AudioTap(self.clock)
         # A stream silent this long counts as stalled; it also bounds how long close() can wait.
         self.read_timeout = min(2.0, self.timeout)
 
@@ -70,11 +74,18 @@ class AvLiveSource(ThreadedSource):
         self._fps = self._fps or stream_fps(stream)
         self.clock.restart()
         on_capture_clock = not self.pace and invents_timestamps(container)
-        for frame in decode_video(container, self._stop):
+        self.audio_streams = len(container.streams.audio)
+        audio = [] if on_capture_clock else container.streams.audio[:1]  # no clock to place audio on
+        self.audio.connected(audio[0] if audio else None)
+        for frame in decode_media(container, stream, audio=audio, stop=self._stop):
+            if isinstance(frame, av.Packet):
+                self.audio.packet(frame)
+                continue
             if on_capture_clock:
                 yield frame, clock_pts(), CLOCK_TIME_BASE
                 continue
             pts = self.clock.map(frame.pts, stream.time_base)
+            self.audio.video_placed()
             if self.pace and pts is not None and self.pacer.wait(float(pts * self.clock.time_base), self._stop):
                 return
             yield frame, pts, self.clock.time_base

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+from streamer.media.audio import AudioTap
 from streamer.media.frames import Frame
 
 
@@ -25,7 +26,8 @@ class Source(ABC):
     stream_id: str = "default"
     reconnects: int = 0  # times a live source reconnected after its first frame
     dropped: int | None = None  # frames replaced in the source's own slot before anyone took them, if it has one
-    audio_streams: int = 0  # sound in the input that this source does not carry (`run` says so)
+    audio_streams: int = 0  # audio streams in the input
+    audio: AudioTap | None = None  # the input's first audio stream, when the source carries it (see media.audio)
 
     @abstractmethod
     def open(self) -> None: ...

@@ -12,8 +12,9 @@ from typing import Any
 import av
 import av.error
 
+from streamer.media.audio import AudioTap
 from streamer.media.av_io import (
-    decode_video,
+    decode_media,
     describe_error,
     first_video_stream,
     open_file,
@@ -78,7 +79,7 @@ class RealtimeFileSource(AvLiveSource):
 
     def _connect(self, first: bool) -> av.container.InputContainer:
         container = open_file(self.path)
-        self.audio_streams = len(container.streams.audio)  # not played: `run` carries video only
+        self.audio_streams = len(container.streams.audio)
         return container
 
 
@@ -106,8 +107,9 @@ class FileSource(Source):
         self.width, self.height = width, height
         self.stream_id = stream_id
         self.clock = PtsClock()  # pts keep increasing when the file loops
+        self.audio = AudioTap(self.clock)  # its first audio stream, placed on the same clock
         self._time_base: Fraction | None = None
-        self._frames: Iterator[av.VideoFrame] | None = None
+        self._frames: Iterator[av.VideoFrame | av.Packet] | None = None
         self._container: av.container.InputContainer | None = None
         self._fps: float | None = None
         self._index = 0
@@ -129,8 +131,10 @@ class FileSource(Source):
         self._fps = self._fps or stream_fps(stream)
         self.clock.restart()
         self._time_base = stream.time_base
-        self.audio_streams = len(container.streams.audio)  # not read: `run` carries video only
-        self._container, self._frames = container, decode_video(container)
+        self.audio_streams = len(container.streams.audio)
+        audio = container.streams.audio[:1]
+        self.audio.connected(audio[0] if audio else None)
+        self._container, self._frames = container, decode_media(container, stream, audio=audio)
 
     def read(self, timeout: float | None = None) -> Frame | None:
         if self._ended:
@@ -140,6 +144,9 @@ class FileSource(Source):
         for _attempt in range(2):
             try:
                 frame = next(self._frames)
+                while isinstance(frame, av.Packet):  # audio between frames: on to the audio queue
+                    self.audio.packet(frame)
+                    frame = next(self._frames)
             except StopIteration:
                 self.close()
                 if not self.loop:
@@ -150,9 +157,11 @@ class FileSource(Source):
             except (av.error.FFmpegError, OSError) as exc:
                 raise SourceError(f"{self.path}: cannot decode: {describe_error(exc)}") from None
             self._index += 1
+            pts = self.clock.map(frame.pts, self._time_base)
+            self.audio.video_placed()
             return Frame(
                 image=video_to_rgb(frame, self.width, self.height),
-                pts=self.clock.map(frame.pts, self._time_base),
+                pts=pts,
                 time_base=self.clock.time_base,
                 stream_id=self.stream_id,
                 index=self._index - 1,
