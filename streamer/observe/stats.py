@@ -25,6 +25,7 @@ RATE_WINDOW_S = 2.0  # live fps is measured over this many seconds
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)  # seconds
 MODEL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)  # seconds per model call
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16)  # frames per model call
+LATENCY_FOLLOW = 15  # a stream's video delay (which its audio follows) is the median of this many frames
 
 
 class Series:
@@ -121,6 +122,10 @@ class RunStats:
         self.dropped_capture = 0
         self.sessions_started = 0
         self.no_signal = False
+        self.audio_in = 0  # audio packets received (a publisher's; a source's)
+        self.audio_out = 0  # audio packets sent on (to each viewer, or written by each sink)
+        self.audio_delay_s: float | None = None  # the delay applied to audio now (the latest stream's change)
+        self.av_offset_s: float | None = None  # audio minus video at the output, the last measured
         self._sources: list[Any] = []  # sources whose ``reconnects`` are reported
         self._drop_sources: list[Any] = []  # ... and those whose own ``dropped`` count is reported
         self.rate_in, self.rate_out = Rate(), Rate()
@@ -168,6 +173,20 @@ class RunStats:
             self.frames_out += 1
             self.rate_out.tick(now or time.monotonic())
             self._delivered(latency_s)
+
+    def audio_packets(self, received: int = 0, sent: int = 0) -> None:
+        with self._lock:
+            self.audio_in += received
+            self.audio_out += sent
+
+    def audio_sync(self, delay_s: float | None = None, offset_s: float | None = None) -> None:
+        """The delay now applied to audio (to match the video's), and/or the A/V offset measured at the output
+        (audio minus video, seconds: positive, the sound comes late)."""
+        with self._lock:
+            if delay_s is not None:
+                self.audio_delay_s = delay_s
+            if offset_s is not None:
+                self.av_offset_s = offset_s
 
     def session_started(self) -> None:
         with self._lock:
@@ -256,6 +275,8 @@ class RunStats:
                 "stages": {name: series.summary() for name, series in self.stages.items()},
                 "batch_sizes": dict(sorted(self.batch_sizes.items())),
                 "sinks": sinks,
+                "audio": {"packets_in": self.audio_in, "packets_out": self.audio_out,
+                          "delay_ms": _ms(self.audio_delay_s), "av_offset_ms": _ms(self.av_offset_s)},
             }
 
     def write_json(self, path: Path | str, *, overwrite: bool = True) -> None:
@@ -304,6 +325,11 @@ class StreamStats:
         self.frames = 0
         self.dropped = 0
         self.received = 0  # input frames from the peer (browser camera, WHIP publisher)
+        self._latencies: deque[float] = deque(maxlen=LATENCY_FOLLOW)
+        self.audio_in = 0  # audio packets from the peer
+        self.audio_out = 0  # audio packets sent (a viewer's: to it; a browser's: back to it)
+        self.audio_delay: float | None = None  # applied to this stream's audio now
+        self.av_offset: float | None = None  # the applied audio delay minus the last frame's latency
 
     def frame_received(self) -> None:
         self.received += 1
@@ -325,8 +351,32 @@ class StreamStats:
         self._rate.tick(now)
         self.frames += 1
         self.last_latency = latency
+        self._latencies.append(latency)
         if self.parent is not None:
             self.parent.sent(latency, now)
+        if self.audio_delay is not None:  # the sound of this frame's instant leaves audio_delay after it came
+            self.av_offset = self.audio_delay - latency
+            if self.parent is not None:
+                self.parent.audio_sync(offset_s=self.av_offset)
+
+    def video_delay(self) -> float | None:
+        """This stream's video delay now: the median latency of its last frames (None before the first)."""
+        return float(np.median(self._latencies)) if self._latencies else None
+
+    def audio_received(self) -> None:
+        self.audio_in += 1
+        if self.parent is not None:
+            self.parent.audio_packets(received=1)
+
+    def audio_sent(self) -> None:
+        self.audio_out += 1
+        if self.parent is not None:
+            self.parent.audio_packets(sent=1)
+
+    def audio_delayed(self, seconds: float) -> None:
+        self.audio_delay = seconds
+        if self.parent is not None:
+            self.parent.audio_sync(delay_s=seconds)
 
     @property
     def fps(self) -> float:
@@ -334,7 +384,13 @@ class StreamStats:
 
     def as_dict(self) -> dict[str, float]:
         return {"fps": round(self.fps, 2), "latency_ms": round(self.last_latency * 1000, 1),
-                "frames": self.frames, "dropped": self.dropped, "received": self.received}
+                "frames": self.frames, "dropped": self.dropped, "received": self.received,
+                "audio_in": self.audio_in, "audio_out": self.audio_out, "audio_delay_ms": _ms(self.audio_delay),
+                "av_offset_ms": _ms(self.av_offset)}
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
 
 
 def _latency(summary: dict[str, Any]) -> dict[str, float | None]:
