@@ -31,15 +31,16 @@ from aiortc.sdp import SessionDescription
 OPUS_CLOCK = 48_000  # RTP clock of Opus, whatever its sampling rate (RFC 7587)
 OPUS_TIME_BASE = Fraction(1, OPUS_CLOCK)
 MAX_HOLD = 5.0  # seconds of audio kept at most (a longer video delay than this is not matched)
-SLEW = 0.1  # the applied delay moves by at most this many seconds per second of audio
+SLEW = 0.25  # the applied delay moves by at most this many seconds per second of audio
 
-_AUDIO_SECTION = re.compile(r"(?m)^m=audio [1-9]")
+_AUDIO_SECTION = re.compile(r"(?m)^m=audio ")
 
 
 def _audio_sections(sdp: str) -> list[Any]:
     if not _AUDIO_SECTION.search(sdp):
         return []
-    return [media for media in SessionDescription.parse(sdp).media if media.kind == "audio" and media.port]
+    # Port 0 too: a peer that bundles everything (webrtcbin) offers its later sections "bundle-only", port 0.
+    return [media for media in SessionDescription.parse(sdp).media if media.kind == "audio"]
 
 
 def opus_payload_types(sdp: str) -> set[int]:
