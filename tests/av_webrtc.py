@@ -25,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -147,6 +149,67 @@ def clip_tracks(clip: Path) -> tuple[ClipTrack, ClipTrack]:
     return ClipTrack("video", video, clock), ClipTrack("audio", audio, clock)
 
 
+class OpusPacketTrack(MediaStreamTrack):
+    """Already-encoded sound, as OBS sends it: a clip's Opus packets, each handed to aiortc (which sends
+    an ``av.Packet`` as it is) at its time. ``sent``: (when it was handed over, payload) for each."""
+
+    kind = "audio"
+
+    def __init__(self, clip: Path | None = None, *, noise_seconds: float = 3.0) -> None:
+        """The clip's Opus packets; without a clip, ``noise_seconds`` of quiet noise (every packet differs)."""
+        super().__init__()
+        self.packets = _demuxed_opus(clip) if clip is not None else _noise_opus(noise_seconds)
+        self.sent: list[tuple[float, bytes]] = []
+        self.index = 0
+        self.clock = ClipClock()
+
+    async def recv(self) -> av.Packet:
+        if self.readyState != "live":
+            raise MediaStreamError
+        seconds, payload = self.packets[self.index % len(self.packets)]
+        lap = self.index // len(self.packets)  # round and round: a live microphone never ends
+        self.index += 1
+        await self.clock.until(seconds + lap * (self.packets[-1][0] + 0.02))
+        packet = av.Packet(payload)
+        packet.pts, packet.time_base = round((seconds + lap * (self.packets[-1][0] + 0.02)) * OPUS_CLOCK), \
+            Fraction(1, OPUS_CLOCK)
+        self.sent.append((time.monotonic(), payload))
+        return packet
+
+
+    def lags(self, received: list[tuple[int, float, bytes]]) -> list[float]:
+        """Arrival minus sending of each received packet whose payload occurs once in the clip (silence
+        repeats), matched with its latest sending before it arrived."""
+        unique = {p for p, n in Counter(p for _, p in self.packets).items() if n == 1}
+        lags = []
+        for _, arrival, payload in received:
+            if payload in unique:
+                sent = [t for t, p in self.sent if p == payload and t <= arrival]
+                if sent:
+                    lags.append(arrival - sent[-1])
+        return lags
+
+
+def _demuxed_opus(clip: Path) -> list[tuple[float, bytes]]:
+    with av.open(str(clip)) as container:
+        stream = container.streams.audio[0]
+        assert stream.codec_context.name == "opus", stream.codec_context.name
+        return [(float(p.pts * p.time_base), bytes(p)) for p in container.demux(stream) if p.pts is not None and p.size]
+
+
+def _noise_opus(seconds: float) -> list[tuple[float, bytes]]:
+    encoder = av.CodecContext.create("libopus", "w")
+    encoder.sample_rate, encoder.layout, encoder.format = OPUS_CLOCK, "mono", "s16"
+    encoder.time_base = Fraction(1, OPUS_CLOCK)
+    noise = np.random.default_rng(0).integers(-3000, 3000, size=(1, round(seconds * 50) * 960), dtype=np.int16)
+    packets = []
+    for start in range(0, noise.shape[1], 960):
+        frame = av.AudioFrame.from_ndarray(noise[:, start:start + 960], format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = OPUS_CLOCK, start, Fraction(1, OPUS_CLOCK)
+        packets += [(len(packets) * 0.02, bytes(p)) for p in encoder.encode(frame)]
+    return packets
+
+
 async def publish_clip(base_url: str, clip: Path) -> Any:
     """WHIP: the clip's video and sound, in real time on one clock."""
     pc = new_pc()
@@ -215,12 +278,12 @@ def _in_namespace(server: subprocess.Popen, *command: str) -> list[str]:
     return ["nsenter", f"--net=/proc/{server.pid}/ns/net", *command]
 
 
-def start_server(log: Path, *, delay: float = 0.0, preset: str | None = None,
-                 timeout: float = 120) -> subprocess.Popen:
+def start_server(log: Path, *, delay: float = 0.0, preset: str | None = None, args: Sequence[str] = (),
+                 timeout: float = 180) -> subprocess.Popen:
     """`streamer serve --preset P` or, without a preset, the test server with a model that takes ``delay``
     seconds per call (tests/webrtc_helpers.py serve), alone in a new loopback-only namespace."""
     if preset is not None:
-        program = [sys.executable, "-m", "streamer", "serve", "--preset", preset]
+        program = [sys.executable, "-m", "streamer", "serve", "--preset", preset, *args]
     else:
         program = [sys.executable, str(ROOT / "tests" / "webrtc_helpers.py"), "serve", "--delay", str(delay)]
     with open(log, "wb") as err:
@@ -303,11 +366,13 @@ def gst_result(viewer: subprocess.Popen, seconds: float, work: Path) -> dict[str
     return summary(measure(video, chunks))
 
 
-def measure_whip_to_whep(*, delay: float = 0.0, preset: str | None = None, viewers: tuple[str, ...] = ("aiortc",),
-                         seconds: float = 8.0, work: Path | None = None) -> dict[str, dict[str, Any]]:
+def measure_whip_to_whep(*, delay: float = 0.0, preset: str | None = None, server_args: Sequence[str] = (),
+                         viewers: tuple[str, ...] = ("aiortc",), seconds: float = 8.0,
+                         work: Path | None = None) -> dict[str, dict[str, Any]]:
     """One run of the WHIP -> WHEP path with sound: a flash-and-click clip published over WHIP by aiortc and
     watched over WHEP by each of ``viewers`` ("aiortc", "webrtcbin"), through `streamer serve` with ``preset``
-    or with the test model taking ``delay`` seconds per frame. Returns per viewer: "offsets" (audio minus
+    (and ``server_args``, e.g. a --resolution) or with the test model taking ``delay`` seconds per frame.
+    Returns per viewer: "offsets" (audio minus
     video, seconds, one per flash seen), "arrival_gap" (aiortc: the longest silence between audio packets as
     they arrived; webrtcbin: in its audio's timeline, s), and counts. Needs root (or user namespaces) for
     the network namespace, and GStreamer's WebRTC plugins for "webrtcbin"."""
@@ -315,16 +380,33 @@ def measure_whip_to_whep(*, delay: float = 0.0, preset: str | None = None, viewe
         folder_path = Path(folder)
         clip = make_sync_clip(folder_path / "clip.mkv", seconds=seconds + 4, size=(320, 240), first=2.5,
                               every=0.7).path
-        server = start_server(folder_path / "server.log", delay=delay, preset=preset)
+        server = start_server(folder_path / "server.log", delay=delay, preset=preset, args=server_args)
         try:
             peers = start_aiortc_peers(server, clip, seconds)
             gst = start_gst_viewer(server, seconds - 1.0, folder_path) if "webrtcbin" in viewers else None
             results = {"aiortc": aiortc_result(peers, seconds)}
             if gst is not None:
                 results["webrtcbin"] = gst_result(gst, seconds, folder_path)
+            results = {name: result for name, result in results.items() if name in viewers}
+            results["server"] = server_metrics(server)
         finally:
             stop(server)
-        return {name: result for name, result in results.items() if name in viewers}
+        return results
+
+
+def server_metrics(server: subprocess.Popen) -> dict[str, float]:
+    """The server's /metrics samples (name{labels} -> value), read from inside its namespace."""
+    fetch = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())"
+    result = subprocess.run(_in_namespace(server, sys.executable, "-c", fetch, f"http://127.0.0.1:{PORT}/metrics"),
+                            capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise RuntimeError(f"/metrics: {result.stderr[-2000:]}")
+    samples = {}
+    for line in result.stdout.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
 
 
 def main(argv: list[str] | None = None) -> int:
