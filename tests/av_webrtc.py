@@ -48,6 +48,7 @@ from tests.webrtc_helpers import loopback_ice, new_pc  # noqa: E402
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 PORT = 8080  # the namespace is fresh: every port is free
+SYNC_SETTLE = 2.0  # seconds a webrtcbin player takes to line up audio and video (RTCP sender reports)
 NAMESPACE = ["unshare", "-n", "--", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""]
 
 
@@ -266,8 +267,12 @@ async def aiortc_round(base_url: str, clip: Path, seconds: float) -> dict[str, A
     return summary(report, content_gap=viewer.content_gap(), packets=len(viewer.audio))
 
 
-def summary(report: SyncReport, **extra: Any) -> dict[str, Any]:
-    return {"offsets": report.offsets, "flashes": len(report.flashes), "clicks": len(report.clicks),
+def summary(report: SyncReport, *, until: float | None = None, **extra: Any) -> dict[str, Any]:
+    """The report as JSON-able data. Events before ``until`` (the viewer's time) are reported apart, as
+    "early_offsets", not in "offsets"."""
+    early = [click - flash for flash, click in report.pairs if until is not None and flash < until]
+    return {"offsets": [click - flash for flash, click in report.pairs if until is None or flash >= until],
+            "early_offsets": early, "flashes": len(report.flashes), "clicks": len(report.clicks),
             "events": report.events, "video_frames": report.video_frames, "audio_seconds": report.audio_seconds,
             "arrival_gap": report.longest_audio_gap, **extra}
 
@@ -363,7 +368,10 @@ def gst_result(viewer: subprocess.Popen, seconds: float, work: Path) -> dict[str
     for e in (e for e in events if e["event"] == "audio"):
         chunks.append((e["t"], samples[start:start + e["n"]], e["rate"]))
         start += e["n"]
-    return summary(measure(video, chunks))
+    # webrtcbin lines audio and video up by RTCP sender reports, which come about once a second: its first
+    # seconds of play are not in sync yet, in any player built on it.
+    until = video[0][0] + SYNC_SETTLE if video else None
+    return summary(measure(video, chunks), until=until)
 
 
 def measure_whip_to_whep(*, delay: float = 0.0, preset: str | None = None, server_args: Sequence[str] = (),

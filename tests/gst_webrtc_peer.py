@@ -63,8 +63,14 @@ def ice_agent(webrtc: Gst.Element) -> GstWebRTC.WebRTCICE:
     return agent
 
 
+_EMIT = threading.Lock()
+
+
 def emit(**event: object) -> None:
-    print(json.dumps(event), flush=True)
+    """One JSON line (whole: the audio and video streaming threads both report)."""
+    with _EMIT:
+        sys.stdout.write(json.dumps(event) + "\n")
+        sys.stdout.flush()
 
 
 class Peer:

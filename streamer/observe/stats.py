@@ -326,10 +326,11 @@ class StreamStats:
         self.dropped = 0
         self.received = 0  # input frames from the peer (browser camera, WHIP publisher)
         self._latencies: deque[float] = deque(maxlen=LATENCY_FOLLOW)
+        self._sent_on: deque[float] = deque(maxlen=LATENCY_FOLLOW)  # handed over -> encoded and sent
         self.audio_in = 0  # audio packets from the peer
         self.audio_out = 0  # audio packets sent (a viewer's: to it; a browser's: back to it)
         self.audio_delay: float | None = None  # applied to this stream's audio now
-        self.av_offset: float | None = None  # the applied audio delay minus the last frame's latency
+        self.av_offset: float | None = None  # the applied audio delay minus the last frame's latency and encoding
 
     def frame_received(self) -> None:
         self.received += 1
@@ -355,13 +356,20 @@ class StreamStats:
         if self.parent is not None:
             self.parent.sent(latency, now)
         if self.audio_delay is not None:  # the sound of this frame's instant leaves audio_delay after it came
-            self.av_offset = self.audio_delay - latency
+            self.av_offset = self.audio_delay - latency - (float(np.median(self._sent_on)) if self._sent_on else 0.0)
             if self.parent is not None:
                 self.parent.audio_sync(offset_s=self.av_offset)
 
+    def frame_sent_on(self, seconds: float) -> None:
+        """A frame handed to a peer connection (or a viewer's copy) was encoded and sent ``seconds`` later."""
+        self._sent_on.append(seconds)
+
     def video_delay(self) -> float | None:
-        """This stream's video delay now: the median latency of its last frames (None before the first)."""
-        return float(np.median(self._latencies)) if self._latencies else None
+        """This stream's video delay now, arrival to sent: the median latency of its last frames plus the
+        median time their encoding took (None before the first frame)."""
+        if not self._latencies:
+            return None
+        return float(np.median(self._latencies)) + (float(np.median(self._sent_on)) if self._sent_on else 0.0)
 
     def audio_received(self) -> None:
         self.audio_in += 1

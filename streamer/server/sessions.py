@@ -173,7 +173,8 @@ class SessionManager:
             arrivals = FrameArrivals()  # the capture time of a peer's frame: when its packets arrived
             tap_rtp(pc, track, arrivals.packet)
             session.tasks.append(asyncio.ensure_future(self._pump(session, track, slot, arrivals)))
-            stylized = StylizedTrack(slot, self.worker, session.stream_id, session.stats)
+            stylized = StylizedTrack(slot, self.worker, session.stream_id, session.stats,
+                                     sent_directly=kind == "browser")
             tracks.append(stylized)
             if kind == "browser":
                 pc.addTrack(stylized)
@@ -207,7 +208,7 @@ class SessionManager:
                           broadcast_key=broadcast.key, stats=self.metrics.stream())
         self.sessions[session.id] = session
         self.metrics.session_started()
-        session.pc.addTrack(ViewerTrack(self.relay.subscribe(broadcast.track, buffered=False)))
+        session.pc.addTrack(ViewerTrack(self.relay.subscribe(broadcast.track, buffered=False), broadcast.track.stats))
         if broadcast.audio is not None and opus_payload_types(offer_sdp):  # the viewer takes Opus audio
             send_opus(session.pc, DelayedAudioTrack(broadcast.audio, session.stats.audio_sent))
         self._watch_state(session)
