@@ -251,9 +251,9 @@ async def _read(track: MediaStreamTrack, viewer: AvViewer, arrivals: FrameArriva
         pass
 
 
-async def aiortc_round(base_url: str, clip: Path, seconds: float) -> dict[str, Any]:
-    """Publish the clip, watch it, and report: offsets (s), gaps (s), counts."""
-    publisher = await publish_clip(base_url, clip)
+async def aiortc_round(base_url: str, clip: Path | None, seconds: float) -> dict[str, Any]:
+    """Publish the clip (None: someone else does), watch it, and report: offsets (s), gaps (s), counts."""
+    publisher = await publish_clip(base_url, clip) if clip is not None else None
     print("published", flush=True)
     viewer = await watch(base_url)
     try:
@@ -262,7 +262,8 @@ async def aiortc_round(base_url: str, clip: Path, seconds: float) -> dict[str, A
         for task in viewer.tasks:
             task.cancel()
         await asyncio.wait_for(viewer.pc.close(), 10)
-        await asyncio.wait_for(publisher.close(), 10)
+        if publisher is not None:
+            await asyncio.wait_for(publisher.close(), 10)
     report = viewer.report()
     return summary(report, content_gap=viewer.content_gap(), packets=len(viewer.audio))
 
@@ -270,8 +271,8 @@ async def aiortc_round(base_url: str, clip: Path, seconds: float) -> dict[str, A
 def summary(report: SyncReport, *, until: float | None = None, **extra: Any) -> dict[str, Any]:
     """The report as JSON-able data. Events before ``until`` (the viewer's time) are reported apart, as
     "early_offsets", not in "offsets"."""
-    early = [click - flash for flash, click in report.pairs if until is not None and flash < until]
-    return {"offsets": [click - flash for flash, click in report.pairs if until is None or flash >= until],
+    early = [float(click - flash) for flash, click in report.pairs if until is not None and flash < until]
+    return {"offsets": [float(click - flash) for flash, click in report.pairs if until is None or flash >= until],
             "early_offsets": early, "flashes": len(report.flashes), "clicks": len(report.clicks),
             "events": report.events, "video_frames": report.video_frames, "audio_seconds": report.audio_seconds,
             "arrival_gap": report.longest_audio_gap, **extra}
@@ -318,11 +319,11 @@ def stop(process: subprocess.Popen, timeout: float = 15.0) -> None:
             continue
 
 
-def start_aiortc_peers(server: subprocess.Popen, clip: Path, seconds: float) -> subprocess.Popen:
-    """The aiortc publisher and viewer (one process, in the server's namespace); returns once the clip is
-    published (the stream exists)."""
+def start_aiortc_peers(server: subprocess.Popen, clip: Path | None, seconds: float) -> subprocess.Popen:
+    """The aiortc publisher (unless ``clip`` is None) and viewer (one process, in the server's namespace);
+    returns once the clip is published (the stream exists)."""
     command = _in_namespace(server, sys.executable, str(Path(__file__).resolve()), "aiortc",
-                            f"http://127.0.0.1:{PORT}", str(clip), "--seconds", str(seconds))
+                            f"http://127.0.0.1:{PORT}", str(clip or "-"), "--seconds", str(seconds))
     peers = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                              env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
     assert peers.stdout is not None
@@ -374,11 +375,30 @@ def gst_result(viewer: subprocess.Popen, seconds: float, work: Path) -> dict[str
     return summary(measure(video, chunks), until=until)
 
 
+def start_gst_publisher(server: subprocess.Popen, clip: Path, seconds: float, work: Path) -> subprocess.Popen:
+    """webrtcbin publishes the (VP8 + Opus) clip's packets; returns once the server answered."""
+    out = work / "gst-publish.jsonl"
+    with open(out, "wb") as stdout:
+        publisher = subprocess.Popen(
+            _in_namespace(server, SYSTEM_PYTHON, str(ROOT / "tests" / "gst_webrtc_peer.py"), "publish",
+                          f"http://127.0.0.1:{PORT}/whip", "--clip", str(clip), "--seconds", str(seconds)),
+            stdout=stdout, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while '"answered"' not in out.read_text(errors="replace"):
+        if publisher.poll() is not None or time.monotonic() > deadline:
+            stop(publisher)
+            raise RuntimeError(f"webrtcbin publisher failed: {out.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.1)
+    return publisher
+
+
 def measure_whip_to_whep(*, delay: float = 0.0, preset: str | None = None, server_args: Sequence[str] = (),
-                         viewers: tuple[str, ...] = ("aiortc",), seconds: float = 8.0,
+                         viewers: tuple[str, ...] = ("aiortc",), publisher: str = "aiortc", seconds: float = 8.0,
                          work: Path | None = None) -> dict[str, dict[str, Any]]:
-    """One run of the WHIP -> WHEP path with sound: a flash-and-click clip published over WHIP by aiortc and
-    watched over WHEP by each of ``viewers`` ("aiortc", "webrtcbin"), through `streamer serve` with ``preset``
+    """One run of the WHIP -> WHEP path with sound: a flash-and-click clip published over WHIP by
+    ``publisher`` ("aiortc": decoded and encoded again by aiortc; "webrtcbin": the clip's VP8 and Opus packets
+    as they are, like OBS) and watched over WHEP by each of ``viewers`` ("aiortc", "webrtcbin"), through
+    `streamer serve` with ``preset``
     (and ``server_args``, e.g. a --resolution) or with the test model taking ``delay`` seconds per frame.
     Returns per viewer: "offsets" (audio minus
     video, seconds, one per flash seen), "arrival_gap" (aiortc: the longest silence between audio packets as
@@ -386,11 +406,15 @@ def measure_whip_to_whep(*, delay: float = 0.0, preset: str | None = None, serve
     the network namespace, and GStreamer's WebRTC plugins for "webrtcbin"."""
     with tempfile.TemporaryDirectory(dir=work) as folder:
         folder_path = Path(folder)
-        clip = make_sync_clip(folder_path / "clip.mkv", seconds=seconds + 4, size=(320, 240), first=2.5,
-                              every=0.7).path
+        name, codec = ("clip.webm", "libvpx") if publisher == "webrtcbin" else ("clip.mkv", None)
+        clip = make_sync_clip(folder_path / name, seconds=seconds + 4, size=(320, 240), first=2.5, every=0.7,
+                              video_codec=codec).path
         server = start_server(folder_path / "server.log", delay=delay, preset=preset, args=server_args)
+        gst_publisher = None
         try:
-            peers = start_aiortc_peers(server, clip, seconds)
+            if publisher == "webrtcbin":
+                gst_publisher = start_gst_publisher(server, clip, seconds + 4, folder_path)
+            peers = start_aiortc_peers(server, None if gst_publisher else clip, seconds)
             gst = start_gst_viewer(server, seconds - 1.0, folder_path) if "webrtcbin" in viewers else None
             results = {"aiortc": aiortc_result(peers, seconds)}
             if gst is not None:
@@ -398,6 +422,8 @@ def measure_whip_to_whep(*, delay: float = 0.0, preset: str | None = None, serve
             results = {name: result for name, result in results.items() if name in viewers}
             results["server"] = server_metrics(server)
         finally:
+            if gst_publisher is not None:
+                stop(gst_publisher)
             stop(server)
         return results
 
@@ -421,11 +447,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=["aiortc"])
     parser.add_argument("url")
-    parser.add_argument("clip", type=Path)
+    parser.add_argument("clip", help="the clip to publish; - to only watch")
     parser.add_argument("--seconds", type=float, default=8.0)
     args = parser.parse_args(argv)
     with loopback_ice():
-        report = asyncio.run(aiortc_round(args.url, args.clip, args.seconds))
+        clip = None if args.clip == "-" else Path(args.clip)
+        report = asyncio.run(aiortc_round(args.url, clip, args.seconds))
     print(json.dumps(report), flush=True)
     return 0
 

@@ -5,6 +5,7 @@ Run under Debian's ``/usr/bin/python3`` (``gi`` does not import inside a pip ven
     gst_webrtc_peer.py publish URL [--seconds S]   # WHIP: a red test pattern, VP8, sendonly
     gst_webrtc_peer.py play URL [--frames N]       # WHEP: recvonly, decoded to RGB in an appsink
     gst_webrtc_peer.py play URL --audio-out FILE   # ... and Opus audio, decoded: samples to FILE
+    gst_webrtc_peer.py publish URL --clip F.webm   # WHIP: a VP8 + Opus clip's packets as they are, in real time
 
 It prints one JSON object a line on stdout: {"event": "answered", "location": ...}, {"event": "state",
 ...} on each connection-state change, {"event": "frame", "width", "height", "mean": [r, g, b]} for the
@@ -50,6 +51,15 @@ PUBLISH = (
 )
 
 
+# A recorded clip sent as OBS sends its encoder's output: packets as they are, each at its time (identity sync).
+PUBLISH_CLIP = (
+    "filesrc location={clip} ! matroskademux name=demux "
+    "demux.video_0 ! queue ! identity sync=true ! rtpvp8pay pt=96 ! " + VP8_CAPS + " ! webrtc. "
+    "demux.audio_0 ! queue ! opusparse ! identity sync=true ! rtpopuspay pt=111 ! " + OPUS_CAPS + " ! webrtc. "
+    "webrtcbin name=webrtc bundle-policy=max-bundle"
+)
+
+
 def ice_agent(webrtc: Gst.Element) -> GstWebRTC.WebRTCICE:
     """webrtcbin's ICE agent. GStreamer 1.22 leaves it a floating reference, which PyGObject takes over as
     its own: when the Python wrapper goes, the agent is freed under webrtcbin (a crash). One more reference
@@ -75,7 +85,7 @@ def emit(**event: object) -> None:
 
 class Peer:
     def __init__(self, mode: str, url: str, *, frames: int, ice_address: str, width: int, height: int,
-                 offer_setup: str | None = None, audio_out: str | None = None) -> None:
+                 offer_setup: str | None = None, audio_out: str | None = None, clip: str | None = None) -> None:
         self.mode = mode
         self.audio_out = open(audio_out, "wb") if audio_out else None  # noqa: SIM115 - open while playing
         self.audio_buffers = 0
@@ -86,7 +96,8 @@ class Peer:
         self.ok = False
         self.loop = GLib.MainLoop()
         if mode == "publish":
-            self.pipeline = Gst.parse_launch(PUBLISH.format(width=width, height=height))
+            launch = PUBLISH_CLIP.format(clip=clip) if clip else PUBLISH.format(width=width, height=height)
+            self.pipeline = Gst.parse_launch(launch)
             self.webrtc = self.pipeline.get_by_name("webrtc")
         else:  # the decoding branch is added when webrtcbin's pad appears
             self.pipeline = Gst.Pipeline.new("play")
@@ -96,8 +107,9 @@ class Peer:
         if ice_address:
             ice_agent(self.webrtc).emit("add-local-ip-address", ice_address)
         if mode == "publish":
-            self.webrtc.emit("get-transceiver", 0).props.direction = \
-                GstWebRTC.WebRTCRTPTransceiverDirection.SENDONLY
+            for index in range(2 if clip else 1):
+                self.webrtc.emit("get-transceiver", index).props.direction = \
+                    GstWebRTC.WebRTCRTPTransceiverDirection.SENDONLY
         else:
             self.webrtc.emit("add-transceiver", GstWebRTC.WebRTCRTPTransceiverDirection.RECVONLY,
                              Gst.Caps.from_string(VP8_CAPS))
@@ -255,12 +267,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--audio-out", default=None, help="play: take the sound too, its samples to this file")
+    parser.add_argument("--clip", default=None, help="publish: this VP8 + Opus .webm instead of a test pattern")
     parser.add_argument("--offer-setup", choices=["active", "passive"], default=None,
                         help="send the offer with this DTLS setup instead of webrtcbin's actpass")
     args = parser.parse_args(argv)
     Gst.init(None)
     peer = Peer(args.mode, args.url, frames=args.frames, ice_address=args.ice_address, width=args.width,
-                height=args.height, offer_setup=args.offer_setup, audio_out=args.audio_out)
+                height=args.height, offer_setup=args.offer_setup, audio_out=args.audio_out, clip=args.clip)
     if peer.run(args.seconds):
         emit(event="done")
         return 0

@@ -255,3 +255,58 @@ def test_audio_stays_continuous_while_video_frames_are_dropped(tmp_path: Path) -
     assert aiortc["content_gap"] == 0.0 and aiortc["packets"] >= 300, aiortc
     for name in viewers:
         assert results[name]["arrival_gap"] < 0.25, (name, results[name])
+
+
+@pytest.mark.slow
+def test_webrtcbin_publishes_a_clip_with_its_sound(tmp_path: Path) -> None:
+    """webrtcbin sends a clip's VP8 and Opus packets as they are, each at its time (as OBS sends its
+    encoders' output); the aiortc viewer and a webrtcbin viewer get flash and click within a frame."""
+    _skip_without_namespace()
+    if gst_webrtc_missing():
+        pytest.skip(gst_webrtc_missing())
+    results = measure_whip_to_whep(delay=0.02, seconds=9, viewers=("aiortc", "webrtcbin"), publisher="webrtcbin",
+                                   work=tmp_path)
+    _check_sync(results, ("aiortc", "webrtcbin"))
+
+
+@pytest.mark.slow
+def test_a_real_model_preset_delays_audio_by_its_own_latency(tmp_path: Path) -> None:
+    """`serve --preset analytic` (a real frame step, slower than real time on a CPU: most single-frame
+    flashes never reach the output, so no offsets): no audio is missing and the delay applied is the
+    video's measured latency."""
+    _skip_without_namespace()
+    results = measure_whip_to_whep(preset="analytic", server_args=["--resolution", "160x96"], seconds=8,
+                                   work=tmp_path)
+    server, aiortc = results["server"], results["aiortc"]
+    latency = server["streamer_latency_seconds_sum"] / server["streamer_latency_seconds_count"]
+    assert abs(server["streamer_audio_delay_seconds"] - latency) < max(0.1, 0.5 * latency), (latency, server)
+    assert aiortc["content_gap"] == 0.0 and aiortc["packets"] >= 250, aiortc
+
+
+def test_the_audio_buffer_is_bounded_follows_the_video_slowly_and_survives_a_clock_restart() -> None:
+    """AudioFeed on its own, fed real RTP packets: a flood keeps at most MAX_PACKETS; the applied delay
+    starts at the video's and then moves at most SLEW per second of audio; a publisher whose timestamps
+    restart keeps its sound going (pts still increasing)."""
+    from aiortc.rtp import RtpPacket
+
+    from streamer.server.audio import MAX_PACKETS, SLEW, AudioFeed
+
+    async def scenario() -> None:
+        video = [0.1]
+        feed = AudioFeed(lambda: video[0], {111})
+        now = 1000.0
+        for i in range(3 * MAX_PACKETS):
+            feed.put(RtpPacket(payload_type=111, timestamp=(4_000_000_000 + 960 * i) % 2**32, payload=b"x"),
+                     now + i * 0.001)  # a flood: 1000 packets a second, across the timestamp wrap
+        assert len(feed.packets) == MAX_PACKETS
+        assert feed.delay == pytest.approx(0.1)
+        video[0] = 0.5  # the video's delay jumps: the audio's follows at SLEW
+        start, last = feed.delay, feed.packets[-1][1]
+        for i in range(50):
+            feed.put(RtpPacket(payload_type=111, timestamp=960 * i, payload=b"y"), now + 3.0 + 0.02 * (i + 1))
+        assert feed.delay == pytest.approx(start + 50 * 0.02 * SLEW, abs=0.002)
+        assert feed.packets[-1][1] == last + 50 * 960  # restarted timestamps: the timeline goes on
+        feed.put(RtpPacket(payload_type=0, timestamp=960 * 60, payload=b"z"), now + 5.0)  # not Opus: ignored
+        assert feed.packets[-1][2] == b"y"
+
+    asyncio.run(scenario())

@@ -31,6 +31,9 @@ from aiortc.sdp import SessionDescription
 OPUS_CLOCK = 48_000  # RTP clock of Opus, whatever its sampling rate (RFC 7587)
 OPUS_TIME_BASE = Fraction(1, OPUS_CLOCK)
 MAX_HOLD = 5.0  # seconds of audio kept at most (a longer video delay than this is not matched)
+MAX_PACKETS = 1000  # and packets: 5 s at the smallest Opus frame Chrome or OBS send (5 ms); a flood is cut
+JUMP = 10 * OPUS_CLOCK  # a timestamp jump larger than this (forward) or than a second (back): a new timeline
+FRAME = OPUS_CLOCK // 50  # 20 ms, what a new timeline continues with
 SLEW = 0.25  # the applied delay moves by at most this many seconds per second of audio
 
 _AUDIO_SECTION = re.compile(r"(?m)^m=audio ")
@@ -95,6 +98,8 @@ class AudioFeed:
             self._origin, self._last_raw = raw, raw
         step = (raw - self._last_raw) % 2**32
         step = step - 2**32 if step >= 2**31 else step  # RTP timestamps wrap around
+        if step > JUMP or step <= -OPUS_CLOCK:  # the publisher restarted its clock: carry on from here
+            step = FRAME
         pts = self._last_pts + step if self._last_pts >= 0 else 0
         if pts <= self._last_pts:
             return  # out of order (already sent past it) or a duplicate
@@ -103,7 +108,7 @@ class AudioFeed:
             self.on_packet()
         self._follow_video(arrival)
         self.packets.append((arrival, pts, packet.payload))
-        while self.packets and arrival - self.packets[0][0] > MAX_HOLD:  # bounded by time
+        while self.packets and (arrival - self.packets[0][0] > MAX_HOLD or len(self.packets) > MAX_PACKETS):
             self.packets.popleft()
             self.first += 1
         if not self._arrived.done():
