@@ -13,9 +13,9 @@ and where a frame was dropped is a label, not a name:
 - ``streamer_batch_size``, ``streamer_model_seconds``: frames per model call and its duration, histograms
 - ``streamer_sink_frames_written_total{sink}``, ``streamer_sink_frames_repeated_total{sink}``,
   ``streamer_sink_errors_total{sink}``
-- ``streamer_audio_packets_in_total``, ``streamer_audio_packets_out_total``: audio packets received, sent on
-- ``streamer_audio_delay_seconds``: the delay applied to audio now, to match the video's (absent before any)
-- ``streamer_av_offset_seconds``: audio minus video at the output, the last measured (absent before any)
+- ``streamer_audio_packets_total{direction="in|out"}``, ``streamer_audio_delay_seconds`` (current delay
+  applied to audio), ``streamer_av_offset_seconds{sink}`` (audio minus video at the output, current; serve's
+  output is ``sink="webrtc"``)
 - serve only: ``streamer_sessions{kind}`` (open now), ``streamer_sessions_started_total``
 """
 
@@ -75,15 +75,12 @@ def exposition(stats: RunStats, sessions: Mapping[str, int] | None = None) -> st
     family("sink_errors_total", "counter", "Sink write failures, by sink.",
            [(f'{{sink="{_label(name)}"}}', s["errors"]) for name, s in sinks.items()])
     audio = snap["audio"]
-    family("audio_packets_in_total", "counter", "Audio packets received.", [("", audio["packets_in"])])
-    family("audio_packets_out_total", "counter", "Audio packets sent on (to each viewer or sink).",
-           [("", audio["packets_out"])])
-    if audio["delay_ms"] is not None:
-        family("audio_delay_seconds", "gauge", "Delay applied to audio now, to match the stylized video's.",
-               [("", audio["delay_ms"] / 1000)])
-    if audio["av_offset_ms"] is not None:
-        family("av_offset_seconds", "gauge", "Audio minus video at the output (positive: sound late), last measured.",
-               [("", audio["av_offset_ms"] / 1000)])
+    family("audio_packets_total", "counter", "Audio packets received (in) and sent on to viewers or sinks (out).",
+           [('{direction="in"}', audio["packets_in"]), ('{direction="out"}', audio["packets_out"])])
+    family("audio_delay_seconds", "gauge", "Current delay applied to audio: it waits for its video.",
+           [("", (audio["delay_ms"] or 0) / 1000)])
+    family("av_offset_seconds", "gauge", "Audio minus video at each sink, current (positive: sound late).",
+           [(f'{{sink="{_label(name)}"}}', (s["av_offset_ms"] or 0) / 1000) for name, s in audio["sinks"].items()])
     if sessions is not None:
         family("sessions", "gauge", "Open WebRTC sessions by kind.",
                [(f'{{kind="{_label(kind)}"}}', count) for kind, count in sorted(sessions.items())])

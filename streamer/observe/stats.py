@@ -275,8 +275,9 @@ class RunStats:
                 "stages": {name: series.summary() for name, series in self.stages.items()},
                 "batch_sizes": dict(sorted(self.batch_sizes.items())),
                 "sinks": sinks,
-                "audio": {"packets_in": self.audio_in, "packets_out": self.audio_out,
-                          "delay_ms": _ms(self.audio_delay_s), "av_offset_ms": _ms(self.av_offset_s)},
+                "audio": {"packets_in": self.audio_in, "packets_out": self.audio_out, "delay_ms": _ms(self.audio_delay_s),
+                          "sinks": {} if self.av_offset_s is None else {
+                              "webrtc": {"written": self.audio_out, "av_offset_ms": _ms(self.av_offset_s)}}},
             }
 
     def write_json(self, path: Path | str, *, overwrite: bool = True) -> None:
