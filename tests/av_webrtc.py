@@ -273,7 +273,9 @@ def summary(report: SyncReport, *, until: float | None = None, **extra: Any) -> 
     "early_offsets", not in "offsets"."""
     early = [float(click - flash) for flash, click in report.pairs if until is not None and flash < until]
     return {"offsets": [float(click - flash) for flash, click in report.pairs if until is None or flash >= until],
-            "early_offsets": early, "flashes": len(report.flashes), "clicks": len(report.clicks),
+            "early_offsets": early, "pairs": [[float(f), float(c)] for f, c in report.pairs],
+            "flash_times": [float(t) for t in report.flashes], "click_times": [float(t) for t in report.clicks],
+            "flashes": len(report.flashes), "clicks": len(report.clicks),
             "events": report.events, "video_frames": report.video_frames, "audio_seconds": report.audio_seconds,
             "arrival_gap": report.longest_audio_gap, **extra}
 
@@ -392,23 +394,34 @@ def start_gst_publisher(server: subprocess.Popen, clip: Path, seconds: float, wo
     return publisher
 
 
+def sync_report(result: dict[str, Any]) -> SyncReport:
+    """One viewer's result of measure_whip_to_whep as a SyncReport (pairs before ``until`` left out)."""
+    until_pairs = [(f, c) for f, c in result["pairs"] if c - f in result["offsets"]]
+    return SyncReport(flashes=result["flash_times"], clicks=result["click_times"], pairs=until_pairs,
+                      longest_audio_gap=result["arrival_gap"], video_frames=result["video_frames"],
+                      audio_seconds=result["audio_seconds"])
+
+
 def measure_whip_to_whep(*, delay: float = 0.0, preset: str | None = None, server_args: Sequence[str] = (),
                          viewers: tuple[str, ...] = ("aiortc",), publisher: str = "aiortc", seconds: float = 8.0,
-                         work: Path | None = None) -> dict[str, dict[str, Any]]:
-    """One run of the WHIP -> WHEP path with sound: a flash-and-click clip published over WHIP by
-    ``publisher`` ("aiortc": decoded and encoded again by aiortc; "webrtcbin": the clip's VP8 and Opus packets
-    as they are, like OBS) and watched over WHEP by each of ``viewers`` ("aiortc", "webrtcbin"), through
-    `streamer serve` with ``preset``
-    (and ``server_args``, e.g. a --resolution) or with the test model taking ``delay`` seconds per frame.
-    Returns per viewer: "offsets" (audio minus
-    video, seconds, one per flash seen), "arrival_gap" (aiortc: the longest silence between audio packets as
-    they arrived; webrtcbin: in its audio's timeline, s), and counts. Needs root (or user namespaces) for
-    the network namespace, and GStreamer's WebRTC plugins for "webrtcbin"."""
+                         clip: Path | None = None, work: Path | None = None) -> dict[str, dict[str, Any]]:
+    """One run of the WHIP -> WHEP path with sound, through `streamer serve --preset PRESET SERVER_ARGS`
+    or, without a preset, the test server whose model takes ``delay`` seconds a frame.
+
+    A flash-and-click clip (``clip``, any container PyAV reads, else one is made) is published over WHIP by
+    ``publisher`` ("aiortc": decoded and sent encoded again; "webrtcbin": a VP8 + Opus clip's packets as they
+    are, as OBS sends its encoders' output; it makes its own clip) and watched over WHEP by each of
+    ``viewers`` ("aiortc", "webrtcbin") for ``seconds``. Returns, per viewer: "offsets" (audio minus video,
+    s, one per flash seen; webrtcbin's first seconds apart in "early_offsets"), "arrival_gap" (aiortc: the
+    longest silence between audio packets as they arrived; webrtcbin: in its audio's timeline, s), counts,
+    and what sync_report() turns back into a SyncReport; and "server": its /metrics samples. Needs root (or
+    user namespaces) for the network namespace, and GStreamer's WebRTC plugins for "webrtcbin"."""
     with tempfile.TemporaryDirectory(dir=work) as folder:
         folder_path = Path(folder)
-        name, codec = ("clip.webm", "libvpx") if publisher == "webrtcbin" else ("clip.mkv", None)
-        clip = make_sync_clip(folder_path / name, seconds=seconds + 4, size=(320, 240), first=2.5, every=0.7,
-                              video_codec=codec).path
+        if clip is None or publisher == "webrtcbin":
+            name, codec = ("clip.webm", "libvpx") if publisher == "webrtcbin" else ("clip.mkv", None)
+            clip = make_sync_clip(folder_path / name, seconds=seconds + 4, size=(320, 240), first=2.5, every=0.7,
+                                  video_codec=codec).path
         server = start_server(folder_path / "server.log", delay=delay, preset=preset, args=server_args)
         gst_publisher = None
         try:
