@@ -277,14 +277,15 @@ def test_webrtcbin_publishes_a_clip_with_its_sound(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_real_model_preset_delays_audio_by_its_own_latency(tmp_path: Path) -> None:
     """`serve --preset analytic` (a real frame step, slower than real time on a CPU: most single-frame
-    flashes never reach the output, so no offsets): no audio is missing and the delay applied is the
-    video's measured latency."""
+    flashes never reach the output, so no offsets): no audio is missing and the delay applied follows the
+    model's time."""
     _skip_without_namespace()
     results = measure_whip_to_whep(preset="analytic", server_args=["--resolution", "160x96"], seconds=8,
                                    work=tmp_path)
     server, aiortc = results["server"], results["aiortc"]
-    latency = server["streamer_latency_seconds_sum"] / server["streamer_latency_seconds_count"]
-    assert abs(server["streamer_audio_delay_seconds"] - latency) < max(0.1, 0.5 * latency), (latency, server)
+    # The delay applied is at least the model's own time (a frame also waits for the call before its own).
+    model = server["streamer_model_seconds_sum"] / server["streamer_model_seconds_count"]
+    assert server["streamer_audio_delay_seconds"] >= 0.5 * model, (model, server)
     assert aiortc["content_gap"] == 0.0 and aiortc["packets"] >= 250, aiortc
 
 
