@@ -122,8 +122,7 @@ class RunStats:
         self.dropped_capture = 0
         self.sessions_started = 0
         self.no_signal = False
-        self.audio_in = 0  # audio packets received (a publisher's; a source's)
-        self.audio_out = 0  # audio packets sent on (to each viewer, or written by each sink)
+        self.audio_in = self.audio_out = 0  # audio packets received (a publisher's), sent on (to each viewer)
         self.audio_delay_s: float | None = None  # the delay applied to audio now (the latest stream's change)
         self.av_offset_s: float | None = None  # audio minus video at the output, the last measured
         self._sources: list[Any] = []  # sources whose ``reconnects`` are reported
@@ -174,15 +173,13 @@ class RunStats:
             self.rate_out.tick(now or time.monotonic())
             self._delivered(latency_s)
 
-    def audio_packets(self, received: int = 0, sent: int = 0) -> None:
+    def audio_event(self, received: int = 0, sent: int = 0, delay_s: float | None = None,
+                    offset_s: float | None = None) -> None:
+        """Audio packets received and sent on; the delay now applied to audio (to match the video's); the A/V
+        offset at the output (audio minus video, seconds: positive, the sound comes late)."""
         with self._lock:
             self.audio_in += received
             self.audio_out += sent
-
-    def audio_sync(self, delay_s: float | None = None, offset_s: float | None = None) -> None:
-        """The delay now applied to audio (to match the video's), and/or the A/V offset measured at the output
-        (audio minus video, seconds: positive, the sound comes late)."""
-        with self._lock:
             if delay_s is not None:
                 self.audio_delay_s = delay_s
             if offset_s is not None:
@@ -328,8 +325,7 @@ class StreamStats:
         self.received = 0  # input frames from the peer (browser camera, WHIP publisher)
         self._latencies: deque[float] = deque(maxlen=LATENCY_FOLLOW)
         self._sent_on: deque[float] = deque(maxlen=LATENCY_FOLLOW)  # handed over -> encoded and sent
-        self.audio_in = 0  # audio packets from the peer
-        self.audio_out = 0  # audio packets sent (a viewer's: to it; a browser's: back to it)
+        self.audio_in = self.audio_out = 0  # audio packets from the peer; sent (to a viewer; back to a browser)
         self.audio_delay: float | None = None  # applied to this stream's audio now
         self.av_offset: float | None = None  # the applied audio delay minus the last frame's latency and encoding
 
@@ -359,7 +355,7 @@ class StreamStats:
         if self.audio_delay is not None:  # the sound of this frame's instant leaves audio_delay after it came
             self.av_offset = self.audio_delay - latency - (float(np.median(self._sent_on)) if self._sent_on else 0.0)
             if self.parent is not None:
-                self.parent.audio_sync(offset_s=self.av_offset)
+                self.parent.audio_event(offset_s=self.av_offset)
 
     def frame_sent_on(self, seconds: float) -> None:
         """A frame handed to a peer connection (or a viewer's copy) was encoded and sent ``seconds`` later."""
@@ -375,17 +371,17 @@ class StreamStats:
     def audio_received(self) -> None:
         self.audio_in += 1
         if self.parent is not None:
-            self.parent.audio_packets(received=1)
+            self.parent.audio_event(received=1)
 
     def audio_sent(self) -> None:
         self.audio_out += 1
         if self.parent is not None:
-            self.parent.audio_packets(sent=1)
+            self.parent.audio_event(sent=1)
 
     def audio_delayed(self, seconds: float) -> None:
         self.audio_delay = seconds
         if self.parent is not None:
-            self.parent.audio_sync(delay_s=seconds)
+            self.parent.audio_event(delay_s=seconds)
 
     @property
     def fps(self) -> float:
