@@ -6,7 +6,9 @@ WebRTC viewers (aiortc and GStreamer's webrtcbin) and measure flash-to-click off
 from __future__ import annotations
 
 import asyncio
+import functools
 import statistics
+import subprocess
 from pathlib import Path
 
 import aiohttp
@@ -15,7 +17,7 @@ from aiortc import RTCRtpSender
 from aiortc.mediastreams import AudioStreamTrack
 
 from streamer.eval.av_sync import make_sync_clip
-from tests.av_webrtc import OpusPacketTrack, measure_whip_to_whep, watch
+from tests.av_webrtc import SYSTEM_PYTHON, OpusPacketTrack, measure_whip_to_whep, watch
 from tests.servers import serving
 from tests.test_browser import namespaces_work
 from tests.test_gst_webrtc import gst_webrtc_missing
@@ -207,8 +209,22 @@ def _skip_without_namespace() -> None:
         pytest.skip("cannot create a network namespace here (unshare -n needs root or user namespaces)")
 
 
+@functools.cache
+def gst_audio_missing() -> str | None:
+    """Why webrtcbin cannot take part here (its WebRTC stack, or the Opus and Matroska elements), else None."""
+    reason = gst_webrtc_missing()
+    if reason:
+        return reason
+    probe = ("import gi\ngi.require_version('Gst', '1.0')\nfrom gi.repository import Gst\nGst.init(None)\n"
+             "missing = [e for e in ('rtpopusdepay', 'opusdec', 'opusparse', 'rtpopuspay', 'matroskademux', "
+             "'audioconvert', 'audioresample', 'identity') if Gst.ElementFactory.find(e) is None]\n"
+             "assert not missing, missing\n")
+    result = subprocess.run([SYSTEM_PYTHON, "-c", probe], capture_output=True, text=True, timeout=30)
+    return None if result.returncode == 0 else f"GStreamer's Opus/Matroska elements missing: {result.stderr[-300:]}"
+
+
 def _viewers() -> tuple[str, ...]:
-    return ("aiortc",) if gst_webrtc_missing() else ("aiortc", "webrtcbin")
+    return ("aiortc",) if gst_audio_missing() else ("aiortc", "webrtcbin")
 
 
 def _check_sync(results: dict, viewers: tuple[str, ...]) -> None:
@@ -270,8 +286,8 @@ def test_webrtcbin_publishes_a_clip_with_its_sound(tmp_path: Path) -> None:
     """webrtcbin sends a clip's VP8 and Opus packets as they are, each at its time (as OBS sends its
     encoders' output); the aiortc viewer and a webrtcbin viewer get flash and click within a frame."""
     _skip_without_namespace()
-    if gst_webrtc_missing():
-        pytest.skip(gst_webrtc_missing())
+    if gst_audio_missing():
+        pytest.skip(gst_audio_missing())
     results = measure_whip_to_whep(delay=0.02, seconds=10, viewers=("aiortc", "webrtcbin"), publisher="webrtcbin",
                                    work=tmp_path)
     _check_sync(results, ("aiortc", "webrtcbin"))
