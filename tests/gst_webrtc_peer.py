@@ -4,11 +4,19 @@ Run under Debian's ``/usr/bin/python3`` (``gi`` does not import inside a pip ven
 
     gst_webrtc_peer.py publish URL [--seconds S]   # WHIP: a red test pattern, VP8, sendonly
     gst_webrtc_peer.py play URL [--frames N]       # WHEP: recvonly, decoded to RGB in an appsink
+    gst_webrtc_peer.py play URL --audio-out FILE   # ... and Opus audio, decoded: samples to FILE
+    gst_webrtc_peer.py publish URL --clip F.webm   # WHIP: a VP8 + Opus clip's packets as they are, in real time
 
 It prints one JSON object a line on stdout: {"event": "answered", "location": ...}, {"event": "state",
 ...} on each connection-state change, {"event": "frame", "width", "height", "mean": [r, g, b]} for the
 first ``--frames`` decoded frames (play), and {"event": "done"} or {"event": "error", "message": ...} last.
 Exit status 0 only when it connected (and, playing, got the frames it wanted).
+
+With ``--audio-out`` the player also takes the stream's sound and, for as long as ``--seconds``, reports
+every frame as {"event": "video", "t": its timestamp in s, "level": mean brightness} and every decoded audio
+buffer as {"event": "audio", "t": ..., "n": samples, "rate": 48000} (the float32 mono samples appended to
+the file). Timestamps are webrtcbin's, after its jitter buffers, which line audio and video up by the RTCP
+sender reports: when a GStreamer player would show and play them. Exit status 0 when both came.
 
 libnice leaves loopback addresses out of its candidates; ``--ice-address`` (default 127.0.0.1) adds one
 explicitly, so the peer works in a loopback-only network namespace.
@@ -33,10 +41,22 @@ gi.require_version("GstWebRTC", "1.0")
 from gi.repository import GLib, Gst, GstSdp, GstVideo, GstWebRTC  # noqa: E402
 
 VP8_CAPS = "application/x-rtp,media=video,encoding-name=VP8,payload=96,clock-rate=90000"
+OPUS_CAPS = "application/x-rtp,media=audio,encoding-name=OPUS,payload=111,clock-rate=48000"
+AUDIO_BRANCH = ("rtpopusdepay ! opusdec ! audioconvert ! audioresample ! audio/x-raw,format=F32LE,channels=1,"
+                "rate=48000 ! appsink name=sink emit-signals=true sync=false")
 PUBLISH = (
     "videotestsrc is-live=true pattern=red ! video/x-raw,width={width},height={height},framerate=15/1 "
     "! videoconvert ! vp8enc deadline=1 keyframe-max-dist=15 ! rtpvp8pay pt=96 ! " + VP8_CAPS + " "
     "! webrtcbin name=webrtc bundle-policy=max-bundle"
+)
+
+
+# A recorded clip sent as OBS sends its encoder's output: packets as they are, each at its time (identity sync).
+PUBLISH_CLIP = (
+    "filesrc location={clip} ! matroskademux name=demux "
+    "demux.video_0 ! queue ! identity sync=true ! rtpvp8pay pt=96 ! " + VP8_CAPS + " ! webrtc. "
+    "demux.audio_0 ! queue ! opusparse ! identity sync=true ! rtpopuspay pt=111 ! " + OPUS_CAPS + " ! webrtc. "
+    "webrtcbin name=webrtc bundle-policy=max-bundle"
 )
 
 
@@ -53,14 +73,22 @@ def ice_agent(webrtc: Gst.Element) -> GstWebRTC.WebRTCICE:
     return agent
 
 
+_EMIT = threading.Lock()
+
+
 def emit(**event: object) -> None:
-    print(json.dumps(event), flush=True)
+    """One JSON line (whole: the audio and video streaming threads both report)."""
+    with _EMIT:
+        sys.stdout.write(json.dumps(event) + "\n")
+        sys.stdout.flush()
 
 
 class Peer:
     def __init__(self, mode: str, url: str, *, frames: int, ice_address: str, width: int, height: int,
-                 offer_setup: str | None = None) -> None:
+                 offer_setup: str | None = None, audio_out: str | None = None, clip: str | None = None) -> None:
         self.mode = mode
+        self.audio_out = open(audio_out, "wb") if audio_out else None  # noqa: SIM115 - open while playing
+        self.audio_buffers = 0
         self.offer_setup = offer_setup
         self.url = url
         self.wanted = frames
@@ -68,7 +96,8 @@ class Peer:
         self.ok = False
         self.loop = GLib.MainLoop()
         if mode == "publish":
-            self.pipeline = Gst.parse_launch(PUBLISH.format(width=width, height=height))
+            launch = PUBLISH_CLIP.format(clip=clip) if clip else PUBLISH.format(width=width, height=height)
+            self.pipeline = Gst.parse_launch(launch)
             self.webrtc = self.pipeline.get_by_name("webrtc")
         else:  # the decoding branch is added when webrtcbin's pad appears
             self.pipeline = Gst.Pipeline.new("play")
@@ -78,11 +107,15 @@ class Peer:
         if ice_address:
             ice_agent(self.webrtc).emit("add-local-ip-address", ice_address)
         if mode == "publish":
-            self.webrtc.emit("get-transceiver", 0).props.direction = \
-                GstWebRTC.WebRTCRTPTransceiverDirection.SENDONLY
+            for index in range(2 if clip else 1):
+                self.webrtc.emit("get-transceiver", index).props.direction = \
+                    GstWebRTC.WebRTCRTPTransceiverDirection.SENDONLY
         else:
             self.webrtc.emit("add-transceiver", GstWebRTC.WebRTCRTPTransceiverDirection.RECVONLY,
                              Gst.Caps.from_string(VP8_CAPS))
+            if self.audio_out is not None:
+                self.webrtc.emit("add-transceiver", GstWebRTC.WebRTCRTPTransceiverDirection.RECVONLY,
+                                 Gst.Caps.from_string(OPUS_CAPS))
             self.webrtc.connect("pad-added", self._on_pad)
         self.webrtc.connect("on-negotiation-needed", self._on_negotiation_needed)
         self.webrtc.connect("notify::ice-gathering-state", self._on_gathering)
@@ -138,6 +171,14 @@ class Peer:
     def _on_pad(self, webrtc: Gst.Element, pad: Gst.Pad) -> None:
         if pad.direction != Gst.PadDirection.SRC:
             return
+        caps = pad.get_current_caps() or pad.query_caps(None)
+        if caps.get_structure(0).get_string("media") == "audio":
+            branch = Gst.parse_bin_from_description(AUDIO_BRANCH, True)
+            self.pipeline.add(branch)
+            branch.get_by_name("sink").connect("new-sample", self._on_audio)
+            branch.sync_state_with_parent()
+            pad.link(branch.get_static_pad("sink"))
+            return
         branch = Gst.parse_bin_from_description(
             "rtpvp8depay ! vp8dec ! videoconvert ! video/x-raw,format=RGB "
             "! appsink name=sink emit-signals=true sync=false max-buffers=2 drop=true", True)
@@ -167,11 +208,24 @@ class Peer:
                     count += 1
             buffer.unmap(info)
             self.got += 1
+            if self.audio_out is not None:
+                emit(event="video", t=buffer.pts / Gst.SECOND, level=round(sum(sums) / (3 * count), 2))
+                self.ok = self.audio_buffers > 0
             if self.got <= self.wanted:
                 emit(event="frame", width=width, height=height, mean=[round(s / count, 1) for s in sums])
             if self.got == self.wanted:
                 self.ok = True
                 GLib.idle_add(self.loop.quit)
+        return Gst.FlowReturn.OK
+
+    def _on_audio(self, sink: Gst.Element) -> Gst.FlowReturn:
+        buffer = sink.emit("pull-sample").get_buffer()
+        ok, info = buffer.map(Gst.MapFlags.READ)
+        if ok:
+            self.audio_out.write(info.data)
+            self.audio_buffers += 1
+            emit(event="audio", t=buffer.pts / Gst.SECOND, n=len(info.data) // 4, rate=48000)
+            buffer.unmap(info)
         return Gst.FlowReturn.OK
 
     def _on_error(self, _bus: Gst.Bus, message: Gst.Message) -> None:
@@ -192,6 +246,8 @@ class Peer:
             self.loop.run()
         finally:
             self.pipeline.set_state(Gst.State.NULL)
+            if self.audio_out is not None:
+                self.audio_out.close()
         return self.ok
 
     def _timeout(self) -> bool:
@@ -210,12 +266,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ice-address", default="127.0.0.1")
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=240)
+    parser.add_argument("--audio-out", default=None, help="play: take the sound too, its samples to this file")
+    parser.add_argument("--clip", default=None, help="publish: this VP8 + Opus .webm instead of a test pattern")
     parser.add_argument("--offer-setup", choices=["active", "passive"], default=None,
                         help="send the offer with this DTLS setup instead of webrtcbin's actpass")
     args = parser.parse_args(argv)
     Gst.init(None)
     peer = Peer(args.mode, args.url, frames=args.frames, ice_address=args.ice_address, width=args.width,
-                height=args.height, offer_setup=args.offer_setup)
+                height=args.height, offer_setup=args.offer_setup, audio_out=args.audio_out, clip=args.clip)
     if peer.run(args.seconds):
         emit(event="done")
         return 0

@@ -167,12 +167,14 @@ def test_browser_page_streams_camera_and_applies_prompt(tmp_path: Path) -> None:
                     await page.keyboard.press("Tab")
                     reached.append(await page.evaluate(
                         "document.activeElement.id || document.activeElement.textContent.trim()"))
-                assert reached[:6] == ["start", "camera", "resolution", "mirror", "fullwindow", "prompt"], reached
-                assert reached[6:13] == ["apply", "an oil painting, vivid colours, thick brush strokes",
+                assert reached[:7] == ["start", "camera", "resolution", "microphone", "mirror", "fullwindow",
+                                       "prompt"], reached
+                assert reached[7:14] == ["apply", "an oil painting, vivid colours, thick brush strokes",
                                          "a watercolour sketch, soft pastel colours", "a red ink drawing on rice paper",
                                          "a pencil drawing, cross-hatching", "a stained glass window", "strength"]
-                assert reached[13:15] == ["seed", "smoothing"], reached
-                for control in ("camera", "resolution", "prompt", "strength", "seed", "smoothing", "mirror"):
+                assert reached[14:16] == ["seed", "smoothing"], reached
+                for control in ("camera", "resolution", "microphone", "prompt", "strength", "seed", "smoothing",
+                                "mirror"):
                     assert await page.evaluate(f"document.getElementById('{control}').labels.length") == 1, control
 
                 # The resolution chosen before Start is what is sent (the clip is 640x480: scaled down).
@@ -427,3 +429,61 @@ def test_browser_page_style_image_reaches_the_session(tmp_path: Path) -> None:
 
     with server_in_namespace(tmp_path, command) as wrapper:
         asyncio.run(asyncio.wait_for(scenario(wrapper), 180))
+
+
+SESSIONS = "fetch('/sessions', {headers: {Authorization: 'Bearer " + TOKEN + "'}}).then(r => r.json())"
+AUDIO_RECEIVED = ("window.streamer.pc.getStats().then(r => { let n = 0; r.forEach(e => { "
+                  "if (e.type === 'inbound-rtp' && e.kind === 'audio') n = e.packetsReceived; }); return n; })")
+
+
+def test_browser_page_sends_its_microphone_only_when_ticked(tmp_path: Path) -> None:
+    """Off by default: only the camera goes out. Ticked: Chromium's (fake) microphone goes to the server as
+    Opus and comes back with the stylized video, delayed as the video is, and plays (unmuted)."""
+    from playwright.async_api import async_playwright
+
+    clip = write_y4m(tmp_path / "camera.y4m", 320, 240, frames=30)
+
+    async def scenario(wrapper: Path) -> None:
+        async with async_playwright() as playwright:
+            browser = await launch(playwright, wrapper, "--use-fake-device-for-media-stream",
+                                   f"--use-file-for-fake-video-capture={clip}")
+            try:
+                context = await browser.new_context()
+                await context.grant_permissions(["camera", "microphone"], origin=f"http://127.0.0.1:{PORT}")
+                page = await context.new_page()
+                page.set_default_timeout(20_000)
+                await page.goto(f"http://127.0.0.1:{PORT}/?token={TOKEN}")
+                assert not await page.is_checked("#microphone")
+                await page.click("#start")
+                await page.wait_for_function("window.streamer.connectionState === 'connected'")
+                assert await page.evaluate("window.streamer.pc.getSenders().map(s => s.track && s.track.kind)") \
+                    == ["video"]
+                await page.wait_for_function(remote_matches("s.left[0] < 90"))
+                session = (await page.evaluate(SESSIONS))["sessions"][0]
+                assert session["audio_in"] == 0 and session["audio_out"] == 0, session
+                await page.click("#stop")
+                await page.wait_for_function(SESSIONS_EMPTY, polling=200)
+
+                await page.check("#microphone")
+                await page.click("#start")
+                await page.wait_for_function("(window.streamer.pc && window.streamer.pc.connectionState === "
+                                             "'connected') || document.getElementById('error').textContent")
+                assert await page.text_content("#error") == ""
+                kinds = await page.evaluate("window.streamer.pc.getSenders().map(s => s.track && s.track.kind)")
+                assert sorted(kinds) == ["audio", "video"], kinds
+                deadline = time.monotonic() + 20
+                while await page.evaluate(AUDIO_RECEIVED) <= 50:  # the sound came back (its packets counted)
+                    assert time.monotonic() < deadline, await page.evaluate(SESSIONS)
+                    await asyncio.sleep(0.5)
+                assert await page.evaluate("document.getElementById('remote').srcObject.getAudioTracks().length") == 1
+                assert await page.evaluate("document.getElementById('remote').muted") is False
+                session = (await page.evaluate(SESSIONS))["sessions"][0]
+                assert session["audio_in"] > 50 and session["audio_out"] > 50, str(session)
+                assert session["audio_delay_ms"] > 0, session
+                await page.click("#stop")
+                await page.wait_for_function(SESSIONS_EMPTY, polling=200)
+            finally:
+                await asyncio.wait_for(browser.close(), 15)
+
+    with server_in_namespace(tmp_path) as wrapper:
+        asyncio.run(asyncio.wait_for(scenario(wrapper), 120))

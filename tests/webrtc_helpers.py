@@ -133,6 +133,8 @@ class Peer:
     location: str | None = None
     channel: Any = None
     tasks: list[asyncio.Task] = field(default_factory=list)
+    tracks: list[MediaStreamTrack] = field(default_factory=list)  # every track received
+    audio_packets: int = 0  # audio frames decoded from the received audio track
 
     async def wait_frames(self, count: int, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
@@ -166,6 +168,11 @@ def new_pc() -> RTCPeerConnection:
 
 
 def _collect(peer: Peer, track: MediaStreamTrack) -> None:
+    peer.tracks.append(track)
+    if track.kind == "audio":
+        peer.tasks.append(asyncio.ensure_future(_count_audio(peer, track)))
+        return
+
     async def run() -> None:
         try:
             while True:
@@ -182,17 +189,30 @@ def _collect(peer: Peer, track: MediaStreamTrack) -> None:
     peer.tasks.append(asyncio.ensure_future(run()))
 
 
+async def _count_audio(peer: Peer, track: MediaStreamTrack) -> None:
+    try:
+        while True:
+            await track.recv()
+            peer.audio_packets += 1
+    except (MediaStreamError, asyncio.CancelledError):
+        pass
+
+
 async def _gathered_offer(pc: RTCPeerConnection) -> str:
     await asyncio.wait_for(pc.setLocalDescription(await pc.createOffer()), 10)
     return pc.localDescription.sdp
 
 
 async def open_browser_like(base_url: str, *, headers: dict[str, str] | None = None, width: int = 320,
-                            height: int = 240, fps: float = 30.0, channel: bool = True) -> Peer:
-    """Like the page: camera out, stylized video back, a "control" data channel, signalling via /offer."""
+                            height: int = 240, fps: float = 30.0, channel: bool = True,
+                            audio: MediaStreamTrack | None = None) -> Peer:
+    """Like the page: camera (and ``audio``, its microphone) out, stylized video (and the sound) back, a
+    "control" data channel, signalling via /offer."""
     pc = new_pc()
     peer = Peer(pc)
     pc.addTrack(PatternTrack(width, height, fps))
+    if audio is not None:
+        pc.addTrack(audio)
     pc.on("track", lambda track: _collect(peer, track))
     if channel:
         peer.channel = pc.createDataChannel("control")

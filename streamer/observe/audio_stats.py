@@ -28,15 +28,29 @@ class AudioStats:
         self._lock = threading.Lock()
         self.sinks: dict[str, AudioSinkStats] = {}
         self.delays: deque[float] = deque(maxlen=RECENT)
+        self.peer_packets_in = 0  # packets from WebRTC peers (serve); a source's are counted by its tap
+        self.delay_now: float | None = None  # serve: the delay its streams' audio follows, the latest set
 
-    def written(self, sink: str, delay_s: float, offset_s: float | None) -> None:
-        """One packet handed to ``sink``: ``delay_s`` after its capture; ``offset_s`` see the module's doc."""
+    def written(self, sink: str, delay_s: float | None, offset_s: float | None, count: int = 1) -> None:
+        """``count`` packets handed to ``sink``: ``delay_s`` after their capture (None: not known per packet,
+        see ``delayed``); ``offset_s`` see the module's doc."""
         with self._lock:
             s = self.sinks.setdefault(sink, AudioSinkStats())
-            s.written += 1
-            self.delays.append(delay_s)
+            s.written += count
+            if delay_s is not None:
+                self.delays.append(delay_s)
             if offset_s is not None:
                 s.offsets.append(offset_s)
+
+    def received(self, count: int) -> None:
+        """Audio packets from a WebRTC peer (a source's are counted from its tap)."""
+        with self._lock:
+            self.peer_packets_in += count
+
+    def delayed(self, delay_s: float) -> None:
+        """The delay now applied to a stream's audio, where it is decided per stream (serve), not per packet."""
+        with self._lock:
+            self.delay_now = delay_s
 
     def dropped(self, sink: str, count: int) -> None:
         """Packets a sink's audio queue dropped at its time bound (the sink was stuck)."""
@@ -49,10 +63,11 @@ class AudioStats:
         taps = [source.audio for source in sources if getattr(getattr(source, "audio", None), "used", False)]
         with self._lock:
             return {
-                "packets_in": sum(tap.queue.put_count for tap in taps),
+                "packets_in": self.peer_packets_in + sum(tap.queue.put_count for tap in taps),
                 "dropped_in_source": sum(tap.queue.dropped + tap.pending_dropped for tap in taps),
                 "packets_out": sum(s.written for s in self.sinks.values()),
-                "delay_ms": _median_ms(self.delays),
+                "delay_ms": _median_ms(self.delays) if self.delays else _median_ms([] if self.delay_now is None
+                                                                                   else [self.delay_now]),
                 "sinks": {name: {"written": s.written, "dropped": s.dropped, "av_offset_ms": _median_ms(s.offsets)}
                           for name, s in self.sinks.items()},
             }

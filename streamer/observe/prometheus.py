@@ -17,7 +17,7 @@ and where a frame was dropped is a label, not a name:
   a sink without audio runs behind the sound (OBS's audio Sync Offset)
 - ``streamer_audio_packets_total{direction="in|out"}``, ``streamer_audio_packets_dropped_total{where="source|sink"}``,
   ``streamer_audio_delay_seconds`` (current delay applied to audio), ``streamer_av_offset_seconds{sink}``
-  (audio minus video at the sink, current)
+  (audio minus video at the sink, current; serve's output is ``sink="webrtc"``)
 - serve only: ``streamer_sessions{kind}`` (open now), ``streamer_sessions_started_total``
 """
 

@@ -27,6 +27,7 @@ RATE_WINDOW_S = 2.0  # live fps is measured over this many seconds
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)  # seconds
 MODEL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)  # seconds per model call
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16)  # frames per model call
+LATENCY_FOLLOW = 15  # a stream's video delay (which its audio follows) is the median of this many frames
 
 
 class Series:
@@ -172,6 +173,18 @@ class RunStats:
             self.rate_out.tick(now or time.monotonic())
             self._delivered(latency_s)
 
+    def audio_event(self, received: int = 0, sent: int = 0, delay_s: float | None = None,
+                    offset_s: float | None = None) -> None:
+        """Audio packets received and sent on; the delay now applied to audio (to match the video's); the A/V
+        offset at the output (audio minus video, seconds: positive, the sound comes late). Serve's peers; kept
+        in ``self.audio`` with the runtime's sinks, whose output is named ``webrtc`` here."""
+        if received:
+            self.audio.received(received)
+        if sent or offset_s is not None:
+            self.audio.written("webrtc", None, offset_s, count=sent)
+        if delay_s is not None:
+            self.audio.delayed(delay_s)
+
     def session_started(self) -> None:
         with self._lock:
             self.sessions_started += 1
@@ -316,6 +329,11 @@ class StreamStats:
         self.frames = 0
         self.dropped = 0
         self.received = 0  # input frames from the peer (browser camera, WHIP publisher)
+        self._latencies: deque[float] = deque(maxlen=LATENCY_FOLLOW)
+        self._sent_on: deque[float] = deque(maxlen=LATENCY_FOLLOW)  # handed over -> encoded and sent
+        self.audio_in = self.audio_out = 0  # audio packets from the peer; sent (to a viewer; back to a browser)
+        self.audio_delay: float | None = None  # applied to this stream's audio now
+        self.av_offset: float | None = None  # the applied audio delay minus the last frame's latency and encoding
 
     def frame_received(self) -> None:
         self.received += 1
@@ -337,8 +355,39 @@ class StreamStats:
         self._rate.tick(now)
         self.frames += 1
         self.last_latency = latency
+        self._latencies.append(latency)
         if self.parent is not None:
             self.parent.sent(latency, now)
+        if self.audio_delay is not None:  # the sound of this frame's instant leaves audio_delay after it came
+            self.av_offset = self.audio_delay - latency - (float(np.median(self._sent_on)) if self._sent_on else 0.0)
+            if self.parent is not None:
+                self.parent.audio_event(offset_s=self.av_offset)
+
+    def frame_sent_on(self, seconds: float) -> None:
+        """A frame handed to a peer connection (or a viewer's copy) was encoded and sent ``seconds`` later."""
+        self._sent_on.append(seconds)
+
+    def video_delay(self) -> float | None:
+        """This stream's video delay now, arrival to sent: the median latency of its last frames plus the
+        median time their encoding took (None before the first frame)."""
+        if not self._latencies:
+            return None
+        return float(np.median(self._latencies)) + (float(np.median(self._sent_on)) if self._sent_on else 0.0)
+
+    def audio_received(self) -> None:
+        self.audio_in += 1
+        if self.parent is not None:
+            self.parent.audio_event(received=1)
+
+    def audio_sent(self) -> None:
+        self.audio_out += 1
+        if self.parent is not None:
+            self.parent.audio_event(sent=1)
+
+    def audio_delayed(self, seconds: float) -> None:
+        self.audio_delay = seconds
+        if self.parent is not None:
+            self.parent.audio_event(delay_s=seconds)
 
     @property
     def fps(self) -> float:
@@ -346,7 +395,13 @@ class StreamStats:
 
     def as_dict(self) -> dict[str, float]:
         return {"fps": round(self.fps, 2), "latency_ms": round(self.last_latency * 1000, 1),
-                "frames": self.frames, "dropped": self.dropped, "received": self.received}
+                "frames": self.frames, "dropped": self.dropped, "received": self.received,
+                "audio_in": self.audio_in, "audio_out": self.audio_out, "audio_delay_ms": _ms(self.audio_delay),
+                "av_offset_ms": _ms(self.av_offset)}
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
 
 
 def _latency(summary: dict[str, Any]) -> dict[str, float | None]:

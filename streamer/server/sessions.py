@@ -24,9 +24,17 @@ from pipelines.config import LiveParams
 from streamer.control.params import ParamsController
 from streamer.engine.worker import GpuWorker
 from streamer.observe.stats import RunStats, StreamStats
+from streamer.server.audio import (
+    AudioFeed,
+    DelayedAudioTrack,
+    opus_first,
+    opus_payload_types,
+    send_opus,
+)
 from streamer.server.bodies import loads_object
 from streamer.server.dtls import dtls_failed, prefer_passive_dtls
 from streamer.server.ice import expire_consent_after, ice_configuration, restrict_host_candidates
+from streamer.server.rtp import FrameArrivals, tap_rtp
 from streamer.server.sdp import OfferError, check_sdp
 from streamer.server.tracks import LatestFrameSlot, SourceFeed, StylizedTrack, ViewerTrack, drain
 
@@ -54,6 +62,7 @@ class Broadcast:
     key: str
     track: StylizedTrack
     started: float = field(default_factory=time.monotonic)
+    audio: AudioFeed | None = None  # the publisher's sound, delayed as its stylized video is
 
 
 @dataclass
@@ -69,6 +78,7 @@ class Session:
     broadcast_key: str | None = None  # whep: what it watches
     connected: bool = False  # the peer connection reached "connected" (ICE and DTLS done)
     params: ParamsController | None = None  # browser, whip: its live parameters (the one handler of changes)
+    audio: AudioFeed | None = None  # browser, whip: the peer's Opus audio, passed on delayed (None: no audio)
 
     @property
     def stylizes(self) -> bool:
@@ -152,14 +162,19 @@ class SessionManager:
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
+            if track.kind == "audio" and session.audio is None and self._take_audio(session, track, offer_sdp):
+                return
             if track.kind != "video" or tracks:
                 # Audio (OBS sends it) or a second video: read and drop, or aiortc queues it without bound.
                 session.tasks.append(asyncio.ensure_future(drain(track)))
                 return
             slot = LatestFrameSlot(on_drop=lambda: self._dropped(
                 session.stats, session.id if kind == "whip" else None))
-            session.tasks.append(asyncio.ensure_future(self._pump(session, track, slot)))
-            stylized = StylizedTrack(slot, self.worker, session.stream_id, session.stats)
+            arrivals = FrameArrivals()  # the capture time of a peer's frame: when its packets arrived
+            tap_rtp(pc, track, arrivals.packet)
+            session.tasks.append(asyncio.ensure_future(self._pump(session, track, slot, arrivals)))
+            stylized = StylizedTrack(slot, self.worker, session.stream_id, session.stats,
+                                     sent_directly=kind == "browser")
             tracks.append(stylized)
             if kind == "browser":
                 pc.addTrack(stylized)
@@ -179,7 +194,7 @@ class SessionManager:
             await self.close(session.id)
             raise
         if kind == "whip":
-            self.broadcasts[session.id] = Broadcast(session.id, tracks[0])
+            self.broadcasts[session.id] = Broadcast(session.id, tracks[0], audio=session.audio)
         return session, session.pc.localDescription.sdp
 
     async def open_viewer(self, offer_sdp: str, key: str | None = None) -> tuple[Session, str]:
@@ -190,10 +205,12 @@ class SessionManager:
         if sum(s.kind == "whep" for s in self.sessions.values()) >= self.max_viewers:
             raise CapacityError(f"the server is at its limit of {self.max_viewers} viewers; try again later")
         session = Session(id=secrets.token_urlsafe(12), kind="whep", pc=RTCPeerConnection(self.ice),
-                          broadcast_key=broadcast.key)
+                          broadcast_key=broadcast.key, stats=self.metrics.stream())
         self.sessions[session.id] = session
         self.metrics.session_started()
-        session.pc.addTrack(ViewerTrack(self.relay.subscribe(broadcast.track, buffered=False)))
+        session.pc.addTrack(ViewerTrack(self.relay.subscribe(broadcast.track, buffered=False), broadcast.track.stats))
+        if broadcast.audio is not None and opus_payload_types(offer_sdp):  # the viewer takes Opus audio
+            send_opus(session.pc, DelayedAudioTrack(broadcast.audio, session.stats.audio_sent))
         self._watch_state(session)
         try:
             await self._answer(session, offer_sdp)
@@ -201,6 +218,23 @@ class SessionManager:
             await self.close(session.id)
             raise
         return session, session.pc.localDescription.sdp
+
+    def _take_audio(self, session: Session, track: MediaStreamTrack, offer_sdp: str) -> bool:
+        """The peer's Opus track: its packets are kept (not decoded) and passed on, each after the stream's
+        video delay, to the stream's viewers (whip) or back to the peer with its stylized video (browser).
+        False when the offer's audio is not Opus: then it is read and dropped like any other track."""
+        payload_types = opus_payload_types(offer_sdp)
+        if not payload_types:
+            return False
+        stats = session.stats
+        feed = AudioFeed(stats.video_delay, payload_types, on_packet=stats.audio_received,
+                         on_delay=stats.audio_delayed)
+        if not tap_rtp(session.pc, track, feed.put, keep_decoding=False):
+            return False
+        session.audio = feed
+        if session.kind == "browser" and opus_first(offer_sdp):  # back with the stylized video, as Opus
+            session.pc.addTrack(DelayedAudioTrack(feed, stats.audio_sent))
+        return True
 
     def _broadcast(self, key: str | None) -> Broadcast:
         if not self.broadcasts:
@@ -235,14 +269,15 @@ class SessionManager:
         await session.pc.setLocalDescription(answer)  # also waits for ICE gathering: no trickle needed
 
     # ---- running sessions ------------------------------------------------------------------------
-    async def _pump(self, session: Session, track: MediaStreamTrack, slot: LatestFrameSlot) -> None:
+    async def _pump(self, session: Session, track: MediaStreamTrack, slot: LatestFrameSlot,
+                    arrivals: FrameArrivals) -> None:
         """Drain the incoming track continuously (aiortc buffers without bound otherwise)."""
         try:
             while True:
                 frame = await track.recv()
                 session.last_input = time.monotonic()
                 session.stats.frame_received()
-                slot.put(frame, session.last_input)
+                slot.put(frame, arrivals.arrival(frame.pts, session.last_input))
         except (MediaStreamError, asyncio.CancelledError):
             pass
         finally:
@@ -312,6 +347,8 @@ class SessionManager:
             return
         for task in session.tasks:
             task.cancel()
+        if session.audio is not None:
+            session.audio.close()
         if session.kind == "whip":
             self.broadcasts.pop(session.id, None)
             for viewer in [s for s in self.sessions.values() if s.broadcast_key == session.id]:

@@ -71,16 +71,20 @@ class StylizedTrack(MediaStreamTrack):
     kind = "video"
 
     def __init__(self, slot: LatestFrameSlot | SourceFeed, worker: GpuWorker, stream_id: str,
-                 stats: StreamStats) -> None:
+                 stats: StreamStats, *, sent_directly: bool = False) -> None:
         super().__init__()
         self.slot = slot
         self.worker = worker
         self.stream_id = stream_id
         self.stats = stats  # this stream's counts; each event also counts into the server's totals
+        self.sent_directly = sent_directly  # read by a peer connection's sender (not by the relay)
         self._index = 0
         self._warned = False
+        self._returned: float | None = None
 
     async def recv(self) -> av.VideoFrame:
+        if self.sent_directly and self._returned is not None:  # the sender encoded and sent the last frame
+            self.stats.frame_sent_on(time.monotonic() - self._returned)
         while True:
             if self.readyState != "live":
                 raise MediaStreamError
@@ -96,7 +100,8 @@ class StylizedTrack(MediaStreamTrack):
                     self._warned = True
                 continue
             video = await asyncio.to_thread(_to_video, out.image, out.pts, out.time_base)
-            latency = time.monotonic() - out.capture_time  # capture (or arrival) to send
+            self._returned = time.monotonic()
+            latency = self._returned - out.capture_time  # capture (or arrival) to send
             self.stats.frame_out(latency)
             return video
 
@@ -127,12 +132,17 @@ class ViewerTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, source: MediaStreamTrack) -> None:
+    def __init__(self, source: MediaStreamTrack, stats: StreamStats | None = None) -> None:
         super().__init__()
         self.source = source
+        self.stats = stats  # the stream's: told how long its copy and encoding took (its audio waits that too)
+        self._got: float | None = None
 
     async def recv(self) -> av.VideoFrame:
+        if self.stats is not None and self._got is not None:  # the last frame was copied, encoded and sent
+            self.stats.frame_sent_on(time.monotonic() - self._got)
         shared = await self.source.recv()
+        self._got = time.monotonic()
         image = shared.opaque  # set by _to_video upstream; None for a frame from elsewhere
         return await asyncio.to_thread(
             lambda: _to_video(shared.to_ndarray(format="rgb24") if image is None else image, shared.pts,

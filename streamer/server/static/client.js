@@ -29,6 +29,9 @@
   function cameraMessage(err) {
     const name = err && err.name;
     if (name === "NotAllowedError" || name === "SecurityError") {
+      if ($("microphone").checked) {
+        return "The camera or microphone was refused: allow them for this site (the camera icon in the address bar), or untick Microphone, then press Start again.";
+      }
       return "The camera was refused: allow it for this site (the camera icon in the address bar), then press Start again.";
     }
     if (name === "NotFoundError") return "No camera found: connect one or start a virtual camera, then press Start again.";
@@ -161,7 +164,7 @@
       setStatus("asking for the camera");
       let camera;
       try {
-        camera = await navigator.mediaDevices.getUserMedia({ video: videoConstraints(), audio: false });
+        camera = await navigator.mediaDevices.getUserMedia({ video: videoConstraints(), audio: $("microphone").checked });
       } catch (err) {
         throw new Error(cameraMessage(err));
       }
@@ -172,7 +175,7 @@
       const config = await (await fetch("/config", { headers: authHeaders() })).json();
       showDefaults(config.defaults || {});
       const pc = state.pc = new RTCPeerConnection({ iceServers: config.iceServers });
-      camera.getVideoTracks().forEach((track) => pc.addTrack(track, camera));
+      camera.getTracks().forEach((track) => pc.addTrack(track, camera));  // the microphone too, when chosen
       const channel = state.channel = pc.createDataChannel("control");
       channel.onmessage = (event) => {
         const message = JSON.parse(event.data);
@@ -186,7 +189,14 @@
           setError(message.ok ? "" : message.error);
         }
       };
-      pc.ontrack = (event) => { $("remote").srcObject = event.streams[0] || new MediaStream([event.track]); };
+      pc.ontrack = (event) => {  // the stylized video and (microphone on) the sound, delayed as the video is
+        const remote = $("remote");
+        const stream = event.streams[0];
+        if (stream) { if (remote.srcObject !== stream) remote.srcObject = stream; }
+        else if (remote.srcObject) remote.srcObject.addTrack(event.track);
+        else remote.srcObject = new MediaStream([event.track]);
+        if (event.track.kind === "audio") remote.muted = false;  // Start was a click: sound may play
+      };
       pc.onconnectionstatechange = () => {
         state.connectionState = pc.connectionState;
         setStatus(pc.connectionState === "connected" ? "running" : pc.connectionState);
@@ -273,7 +283,8 @@
         const camera = await navigator.mediaDevices.getUserMedia({ video: videoConstraints(), audio: false });
         const sender = state.pc && state.pc.getSenders().find((s) => s.track && s.track.kind === "video");
         if (sender) await sender.replaceTrack(camera.getVideoTracks()[0]);
-        old.getTracks().forEach((track) => track.stop());
+        old.getVideoTracks().forEach((track) => track.stop());  // the microphone, if sent, goes on
+        old.getAudioTracks().forEach((track) => camera.addTrack(track));
         state.camera = camera;
         $("local").srcObject = camera;
       }
