@@ -17,7 +17,8 @@ from aiortc import RTCRtpSender
 from aiortc.mediastreams import AudioStreamTrack
 
 from streamer.eval.av_sync import make_sync_clip
-from tests.av_webrtc import SYSTEM_PYTHON, OpusPacketTrack, measure_whip_to_whep, watch
+from tests.av_measure import SYSTEM_PYTHON, measure_whip_to_whep
+from tests.av_webrtc import OpusPacketTrack, watch
 from tests.servers import serving
 from tests.test_browser import namespaces_work
 from tests.test_gst_webrtc import gst_webrtc_missing
