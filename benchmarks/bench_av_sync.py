@@ -143,6 +143,28 @@ PATHS: dict[str, PathFn] = {"rtsp->file": rtsp_to_file, "rtsp->udp": rtsp_to_udp
                             "realtime-file->file": realtime_file_to_file}
 
 
+def _whip_to_whep(viewer: str, publisher: str = "aiortc") -> Callable[[Path, Path], PathResult]:
+    """`streamer serve` (its test server, a model taking SLOW_MODEL_S a frame) in a loopback-only network
+    namespace: ``publisher`` sends the clip over WHIP, ``viewer`` watches over WHEP (tests/av_measure.py)."""
+
+    def run(clip: Path, workdir: Path) -> PathResult:
+        sys.path.insert(0, str(REPO))
+        from tests.av_measure import measure_whip_to_whep, sync_report
+
+        results = measure_whip_to_whep(delay=SLOW_MODEL_S, viewers=(viewer,), publisher=publisher, clip=clip,
+                                       work=workdir, seconds=SERVER_SECONDS)
+        dropped = int(results["server"].get('streamer_frames_dropped_total{where="capture"}', 0))
+        return PathResult(sync_report(results[viewer]), dropped)
+
+    return run
+
+
+SERVER_SECONDS = 10.0
+register("whip->whep (aiortc viewer)", _whip_to_whep("aiortc"))
+register("whip->whep (webrtcbin viewer)", _whip_to_whep("webrtcbin"))
+register("whip (webrtcbin)->whep (aiortc)", _whip_to_whep("aiortc", publisher="webrtcbin"))
+
+
 def row(name: str, result: PathResult | None, error: str = "") -> str:
     if result is None:
         return f"{name:<28} failed: {error}"
@@ -160,6 +182,8 @@ def main() -> int:
     parser.add_argument("--paths", default=",".join([*PATHS, *SERVER_PATHS]))
     parser.add_argument("--models", default="slow,tiny")
     args = parser.parse_args()
+    global SERVER_SECONDS
+    SERVER_SECONDS = args.seconds
     workdir = Path(tempfile.mkdtemp(prefix="bench-av-sync-"))
     clip = make_sync_clip(workdir / "clip.mp4", seconds=args.seconds + 4, first=0.7, every=0.5).path
     print(f"clip: {clip.name}, 30 fps, a flash and a click every 0.5 s; tolerance {FRAME_S * 1000:.1f} ms")
