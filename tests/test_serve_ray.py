@@ -1,0 +1,270 @@
+"""`streamer serve --ray`: the real CLI on a local Ray cluster (Serve, 2 replicas of the tiny preset on CPU)
+in a loopback-only network namespace, with real aiortc peers signalling through the ingress.
+
+The test's peers and HTTP calls run on an event loop whose thread joined the server's namespace (setns is
+per thread); media flows between them and the replicas directly. One cluster start for the module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from servers import ROOT, Served, start_streamer
+from webrtc_helpers import Peer, loopback_ice, open_browser_like
+
+pytest.importorskip("ray.serve", reason='Ray Serve is an optional extra: pip install -e ".[ray]"')
+
+PORT = 8080  # the namespace is fresh: every port is free
+BASE = f"http://127.0.0.1:{PORT}"
+TOKEN = "serve-ray-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ENV = {"OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+       "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+CLONE_NEWNET = 0x40000000
+SIZE = {"width": 160, "height": 120, "fps": 10.0}
+
+
+class NamespaceLoop:
+    """An asyncio loop on a thread inside process ``pid``'s network namespace (threads it starts, such as
+    the loop's executor, inherit it)."""
+
+    def __init__(self, pid: int) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.error: str | None = None
+        ready = threading.Event()
+
+        def run() -> None:
+            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+            try:
+                if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+                    self.error = os.strerror(ctypes.get_errno())
+            finally:
+                os.close(fd)
+            ready.set()
+            if self.error is None:
+                self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        ready.wait(10)
+        if self.error:
+            pytest.skip(f"cannot join the server's network namespace: {self.error}")
+
+    def run(self, coroutine: Any, timeout: float = 60) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+async def http(method: str, path: str, *, headers: dict[str, str] | None = None, **kwargs: Any) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session:
+        async with session.request(method, f"{BASE}{path}", headers={**AUTH, **(headers or {})},
+                                   timeout=aiohttp.ClientTimeout(total=30), **kwargs) as response:
+            return response.status, await response.text()
+
+
+async def replicas() -> list[dict[str, Any]]:
+    status, text = await http("GET", "/healthz")
+    import json
+
+    return json.loads(text)["replicas"] if status == 200 else []
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, NamespaceLoop]]:
+    from test_browser import namespaces_work
+
+    if not namespaces_work():
+        pytest.skip("cannot create a network namespace here (unshare -n needs root or user namespaces)")
+    log = tmp_path_factory.mktemp("serve-ray") / "server.log"
+    served = start_streamer(
+        ["serve", "--ray", "local", "--replicas", "2", "--replica-cpus", "0.4", "--max-sessions", "2",
+         "--preset", "tiny", "--device", "cpu", "--port", str(PORT), "--token", TOKEN, "--ice-address", "127.0.0.1",
+         "--idle-timeout", "5"],
+        log, r"serving on (http://\S+)", env=ENV, timeout=240, cwd=ROOT,
+        prefix=["unshare", "-n", "--", "sh", "-c", 'ip link set lo up && exec "$0" "$@"'])
+    loop = NamespaceLoop(served.process.pid)
+    try:
+        deadline = time.monotonic() + 60
+        while len(loop.run(replicas())) < 2:  # serve.run returns when both replicas run; the router may lag
+            assert time.monotonic() < deadline, served.text()
+            time.sleep(0.5)
+        with loopback_ice():
+            yield served, loop
+    finally:
+        loop.close()
+        code = served.stop()
+        text = served.text()
+        assert code == 0 and "shutting down" in text, text[-3000:]
+        assert "Traceback" not in text.split("shutting down")[0], text[-3000:]
+
+
+def replica_of(peer: Peer) -> str:
+    return peer.session_id.split(".")[0]
+
+
+def stylized(peer: Peer) -> bool:
+    """The tiny model's frames: not the split picture sent (bright left, dark right)."""
+    last = peer.frames[-1]
+    return not (abs(last.left.mean() - 200) < 25 and abs(last.right.mean() - 40) < 25)
+
+
+@pytest.mark.slow
+def test_sessions_spread_over_replicas_and_follow_their_replica(cluster: tuple[Served, NamespaceLoop]) -> None:
+    served, loop = cluster
+    peers: list[Peer] = []
+
+    async def scenario() -> dict[str, Any]:
+        from streamer.server.ice import expire_consent_after
+        import aioice.ice
+
+        saved = aioice.ice.CONSENT_FAILURES, aioice.ice.CONSENT_INTERVAL
+        expire_consent_after(4)  # the peers' own ICE consent: they learn in seconds that a replica is gone
+        try:
+            for _ in range(4):  # one after another: placement sees each new session
+                peers.append(await open_browser_like(BASE, headers=AUTH, channel=False, **SIZE))
+            for peer in peers:
+                await peer.wait_frames(5, timeout=60)
+            result: dict[str, Any] = {"stylized": [stylized(p) for p in peers]}
+            result["full"] = await http("POST", "/offer", json={"sdp": "v=0", "type": "offer"})
+            result["metrics"] = (await http("GET", "/metrics"))[1]
+            # A session's later requests reach the replica that holds it.
+            result["params"] = await http("POST", f"/sessions/{peers[0].session_id}/params", json={"strength": 0.5})
+            result["stats"] = await http("GET", f"/sessions/{peers[1].session_id}")
+            other = [p for p in peers if replica_of(p) != replica_of(peers[0])][0]
+            forged = f"{replica_of(other)}.{peers[0].session_id.split('.', 1)[1]}"
+            result["forged"] = await http("POST", f"/sessions/{forged}/params", json={"strength": 0.5})
+            result["delete"] = await http("DELETE", f"/sessions/{other.session_id}")
+            result["delete_again"] = await http("DELETE", f"/sessions/{other.session_id}")
+
+            # Kill the replica that holds the first session: its sessions end, the others go on.
+            victim = replica_of(peers[0])
+            pid = next(r["pid"] for r in await replicas() if r["replica"] == victim)
+            os.kill(pid, signal.SIGKILL)
+            late = await open_browser_like(BASE, headers=AUTH, channel=False, **SIZE)
+            peers.append(late)
+            result["late"] = replica_of(late)
+            mine = [p for p in peers[:4] if replica_of(p) == victim]
+            deadline = time.monotonic() + 40
+            while any(p.pc.connectionState not in ("closed", "failed") for p in mine):
+                assert time.monotonic() < deadline, [p.pc.connectionState for p in mine]
+                await asyncio.sleep(0.2)
+            survivors = [p for p in peers if replica_of(p) != victim and p is not other]
+            for peer in survivors:
+                count = len(peer.frames)
+                await peer.wait_frames(count + 5, timeout=30)
+            result["survivors"] = len(survivors)
+            deadline = time.monotonic() + 60  # Serve brings a replica back
+            while len(now := await replicas()) < 2:
+                assert time.monotonic() < deadline, now
+                await asyncio.sleep(0.5)
+            result["replicas_after"] = sorted(r["replica"] for r in now)
+            result["victim"] = victim
+            return result
+        finally:
+            aioice.ice.CONSENT_FAILURES, aioice.ice.CONSENT_INTERVAL = saved
+            for peer in peers:
+                await peer.close()
+
+    result = loop.run(scenario(), timeout=240)
+    holders = [replica_of(p) for p in peers[:4]]
+    assert sorted(holders.count(r) for r in set(holders)) == [2, 2], holders
+    assert all(result["stylized"]), result["stylized"]
+    assert result["full"][0] == 503 and "every replica is at its limit of 2 sessions" in result["full"][1]
+    assert result["full"][1].count("\n") == 1
+
+    metrics = result["metrics"]
+    for replica in set(holders):
+        assert re.search(rf'streamer_frames_out_total{{replica="{replica}"}} [1-9]', metrics), metrics
+        assert f'streamer_sessions{{kind="browser",replica="{replica}"}} 2' in metrics
+    assert metrics.count("# TYPE streamer_frames_out_total counter") == 1  # one family, a sample per replica
+
+    status, body = result["params"]
+    assert status == 200 and '"ok": true' in body.replace('":true', '": true'), body
+    assert result["stats"][0] == 200 and "frames_out" in result["stats"][1]
+    assert result["forged"][0] == 404 and '"ok": false' in result["forged"][1].replace('":false', '": false')
+    assert result["delete"][0] == 200 and result["delete_again"][0] == 404
+
+    victim = result["victim"]
+    assert result["late"] != victim  # the new offer landed on the live replica
+    assert result["survivors"] == 2
+    assert victim not in result["replicas_after"] and len(result["replicas_after"]) == 2
+    assert "Traceback" not in served.text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["no-token", "wrong-token", "forged-host", "other-origin", "wrong-type",
+                                  "bad-json", "unknown-session", "unknown-route"])
+def test_the_ingress_guards_like_streamer_serve(cluster: tuple[Served, NamespaceLoop], case: str) -> None:
+    served, loop = cluster
+    offer = {"json": {"sdp": "v=0", "type": "offer"}}
+    status, text = loop.run({
+        "no-token": http("POST", "/offer", headers={"Authorization": ""}, **offer),
+        "wrong-token": http("POST", "/offer", headers={"Authorization": "Bearer nope"}, **offer),
+        "forged-host": http("GET", "/metrics", headers={"Host": "evil.example"}),
+        "other-origin": http("POST", "/offer", headers={"Origin": "http://evil.example"}, **offer),
+        "wrong-type": http("POST", "/offer", data="{}", headers={"Content-Type": "text/plain"}),
+        "bad-json": http("POST", "/offer", data="{[", headers={"Content-Type": "application/json"}),
+        "unknown-session": http("DELETE", "/sessions/nothing.here"),
+        "unknown-route": http("GET", "/nowhere"),
+    }[case])
+    expected = {"no-token": (401, "missing or wrong token"), "wrong-token": (401, "missing or wrong token"),
+                "forged-host": (421, "is not this server"), "other-origin": (403, "requests from other sites"),
+                "wrong-type": (415, "Content-Type: application/json"), "bad-json": (400, "not valid JSON"),
+                "unknown-session": (404, "no such session"), "unknown-route": (404, "no route /nowhere")}[case]
+    assert (status, expected[1] in text) == (expected[0], True), (status, text)
+    assert text.count("\n") <= 1 and "Traceback" not in text
+
+
+def test_serve_deploy_config_builds_the_application(tmp_path: Path) -> None:
+    """configs/serve-ray.yaml is a valid Serve config whose import path builds this application (with the
+    token file it names here in tmp_path); a token written in the config itself is refused."""
+    import yaml
+    from ray.serve import Application
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "configs" / "serve-ray.yaml").read_text()))
+    (app,) = config.applications
+    module, _, name = app.import_path.partition(":")
+    builder = getattr(__import__(module, fromlist=[name]), name)
+    (tmp_path / "token").write_text("a-token\n")
+    built = builder({**app.args, "token_file": str(tmp_path / "token")})
+    assert isinstance(built, Application)
+    ingress = built._bound_deployment
+    assert ingress.name == "ingress"
+    replica = ingress.init_args[0]._bound_deployment if hasattr(ingress, "init_args") else None
+    assert replica is not None and replica.name == "replica" and replica.num_replicas == app.args["replicas"]
+    with pytest.raises(ValueError, match="not in the config file"):
+        builder({**app.args, "token": "visible"})
+    with pytest.raises(ValueError, match="--max-sessions must be at least 1"):
+        builder({**app.args, "token_file": str(tmp_path / "token"), "max_sessions": 0})
+
+
+def test_ray_flags_without_ray_and_missing_serve_are_one_line(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "streamer", "serve", "--replicas", "2", "--preset", "passthrough"],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, **ENV})
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("streamer: error: --replicas needs --ray (without it one process serves "
+                                   "every session)")
+    code = ("import sys; sys.modules['ray.serve'] = None; from streamer.cli import main; "
+            "sys.exit(main(['serve', '--ray', 'local', '--preset', 'passthrough']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **ENV})
+    assert done.returncode == 2
+    assert done.stderr.strip() == ('streamer: error: --ray needs Ray Serve, which the default install leaves out: '
+                                   'pip install "streamer[ray]" (or pip install "ray[serve]>=2.40")')
