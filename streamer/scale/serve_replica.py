@@ -12,6 +12,7 @@ streamer.server.app.ERROR_STATUS), which the ingress turns into HTTP.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import math
 import os
@@ -170,7 +171,9 @@ class SessionRouter(FIFOMixin, RequestRouter):
 
     def update_replicas(self, replicas: list[Any]) -> None:
         super().update_replicas(replicas)
-        KNOWN_REPLICAS[self._deployment_id.name] = sorted(r.replica_id.unique_id for r in replicas)
+        # Serve ships this class to the ingress by value: its globals are a copy, not this module's.
+        known = importlib.import_module("streamer.scale.serve_replica").KNOWN_REPLICAS
+        known[self._deployment_id.name] = sorted(r.replica_id.unique_id for r in replicas)
 
     async def choose_replicas(self, candidate_replicas: list[Any], pending_request: Any = None) -> list[list[Any]]:
         wanted = pending_request.kwargs.get("replica") if pending_request is not None else None
