@@ -129,8 +129,9 @@ def test_sessions_spread_over_replicas_and_follow_their_replica(cluster: tuple[S
     peers: list[Peer] = []
 
     async def scenario() -> dict[str, Any]:
-        from streamer.server.ice import expire_consent_after
         import aioice.ice
+
+        from streamer.server.ice import expire_consent_after
 
         saved = aioice.ice.CONSENT_FAILURES, aioice.ice.CONSENT_INTERVAL
         expire_consent_after(4)  # the peers' own ICE consent: they learn in seconds that a replica is gone
