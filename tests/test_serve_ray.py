@@ -264,6 +264,15 @@ def test_ray_flags_without_ray_and_missing_serve_are_one_line(tmp_path: Path) ->
     assert done.returncode == 2
     assert done.stderr.strip() == ("streamer: error: --replicas needs --ray (without it one process serves "
                                    "every session)")
+    for flags, message in ((["--replicas", "2", "--max-replicas", "3"], "give --replicas N, or --min-replicas/"
+                            "--max-replicas for autoscaling, not both"),
+                           (["--min-replicas", "3", "--max-replicas", "2"], "--min-replicas 3 is more than "
+                            "--max-replicas 2"),
+                           (["--source", "testsrc"], "--source is not supported with --ray")):
+        done = subprocess.run([sys.executable, "-m", "streamer", "serve", "--ray", "local", *flags, "--preset",
+                               "passthrough"], capture_output=True, text=True, timeout=60, env={**os.environ, **ENV})
+        assert done.returncode == 2 and done.stderr.startswith(f"streamer: error: {message}"), done.stderr
+        assert done.stderr.count("\n") == 1  # refused before any cluster starts
     code = ("import sys; sys.modules['ray.serve'] = None; from streamer.cli import main; "
             "sys.exit(main(['serve', '--ray', 'local', '--preset', 'passthrough']))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
@@ -271,3 +280,38 @@ def test_ray_flags_without_ray_and_missing_serve_are_one_line(tmp_path: Path) ->
     assert done.returncode == 2
     assert done.stderr.strip() == ('streamer: error: --ray needs Ray Serve, which the default install leaves out: '
                                    'pip install "streamer[ray]" (or pip install "ray[serve]>=2.40")')
+
+
+def test_autoscaling_keeps_a_free_session_slot_within_min_and_max() -> None:
+    """--min-replicas/--max-replicas: the deployment autoscales with the session-count policy, which asks
+    for enough replicas that one more session has room, clamped to the bounds."""
+    from ray.serve.config import AutoscalingContext
+
+    from streamer.scale.serve_ray import Scaling, build_app
+    from streamer.scale.serve_replica import sessions_policy
+    from streamer.server.app import ServerOptions
+
+    def decide(sessions: list[float], capacity: float = 2, low: int = 1, high: int = 3) -> int:
+        replicas = [f"r{i}" for i in range(len(sessions))]
+        ctx = AutoscalingContext(
+            deployment_id=None, deployment_name="replica", app_name="streamer", current_num_replicas=len(sessions),
+            target_num_replicas=len(sessions), running_replicas=replicas, total_num_requests=0,
+            total_queued_requests=0, raw_metrics=None, capacity_adjusted_min_replicas=low,
+            capacity_adjusted_max_replicas=high, policy_state={}, last_scale_up_time=None,
+            last_scale_down_time=None, current_time=None, config=None,
+            aggregated_metrics={"sessions": dict(zip(replicas, sessions, strict=True)),
+                                "capacity": dict.fromkeys(replicas, capacity)})
+        return sessions_policy(ctx)[0]
+
+    assert decide([0]) == 1 and decide([1]) == 1
+    assert decide([2]) == 2  # full: one more replica before the next offer
+    assert decide([2, 2]) == 3 and decide([2, 2, 2]) == 3  # never past max
+    assert decide([0, 0, 0]) == 1 and decide([0, 0], low=2) == 2  # down to min
+
+    from pipelines.config import PipelineConfig
+
+    app = build_app(ServerOptions(), PipelineConfig(family="passthrough"), Scaling(min_replicas=1, max_replicas=3))
+    replica = app._bound_deployment.init_args[0]._bound_deployment
+    autoscaling = replica._deployment_config.autoscaling_config
+    assert (autoscaling.min_replicas, autoscaling.max_replicas) == (1, 3)
+    assert autoscaling.policy.policy_function == "streamer.scale.serve_replica:sessions_policy"
