@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 from servers import ROOT, Served, start_streamer
-from webrtc_helpers import Peer, loopback_ice, open_browser_like
+from webrtc_helpers import Peer, loopback_ice, open_browser_like, whep_play, whip_publish
 
 pytest.importorskip("ray.serve", reason='Ray Serve is an optional extra: pip install -e ".[ray]"')
 
@@ -143,6 +143,7 @@ def test_sessions_spread_over_replicas_and_follow_their_replica(cluster: tuple[S
             result: dict[str, Any] = {"stylized": [stylized(p) for p in peers]}
             result["full"] = await http("POST", "/offer", json={"sdp": "v=0", "type": "offer"})
             result["metrics"] = (await http("GET", "/metrics"))[1]
+            result["listed"] = sorted(s["id"] for s in json.loads((await http("GET", "/sessions"))[1])["sessions"])
             # A session's later requests reach the replica that holds it.
             result["params"] = await http("POST", f"/sessions/{peers[0].session_id}/params", json={"strength": 0.5})
             result["stats"] = await http("GET", f"/sessions/{peers[1].session_id}")
@@ -175,6 +176,19 @@ def test_sessions_spread_over_replicas_and_follow_their_replica(cluster: tuple[S
                 await asyncio.sleep(0.5)
             result["replicas_after"] = sorted(r["replica"] for r in now)
             result["victim"] = victim
+
+            # WHIP in and WHEP out through the ingress: the viewer joins the publisher's replica.
+            publisher = await whip_publish(BASE, headers=AUTH, **SIZE)
+            peers.append(publisher)
+            viewer = await whep_play(BASE, headers=AUTH)
+            peers.append(viewer)
+            await viewer.wait_frames(5, timeout=60)
+            result["whip"], result["whep"] = publisher.location, viewer.location
+            result["whip_delete"] = await http("DELETE", publisher.location)
+            deadline = time.monotonic() + 30  # the publisher gone, its viewer is closed too
+            while viewer.pc.connectionState not in ("closed", "failed"):
+                assert time.monotonic() < deadline, viewer.pc.connectionState
+                await asyncio.sleep(0.2)
             return result
         finally:
             aioice.ice.CONSENT_FAILURES, aioice.ice.CONSENT_INTERVAL = saved
@@ -200,11 +214,36 @@ def test_sessions_spread_over_replicas_and_follow_their_replica(cluster: tuple[S
     assert result["forged"][0] == 404 and '"ok": false' in result["forged"][1].replace('":false', '": false')
     assert result["delete"][0] == 200 and result["delete_again"][0] == 404
 
+    assert result["listed"] == sorted(p.session_id for p in peers[:4])
     victim = result["victim"]
     assert result["late"] != victim  # the new offer landed on the live replica
     assert result["survivors"] == 2
     assert victim not in result["replicas_after"] and len(result["replicas_after"]) == 2
+    whip_replica = result["whip"].split("/")[-1].split(".")[0]
+    assert result["whep"].split("/")[-1].split(".")[0] == whip_replica and whip_replica in result["replicas_after"]
+    assert result["whip_delete"][0] == 200
     assert "Traceback" not in served.text()
+
+
+@pytest.mark.slow
+def test_the_page_sets_the_token_cookie_and_the_cookie_is_enough(cluster: tuple[Served, NamespaceLoop]) -> None:
+    served, loop = cluster
+
+    async def visit() -> tuple[int, str, int, int]:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+            async with session.get(f"{BASE}/?token={TOKEN}") as page:
+                cookie = page.headers.get("Set-Cookie", "")
+                status = page.status
+            async with session.get(f"{BASE}/metrics") as metrics:
+                with_cookie = metrics.status
+        async with aiohttp.ClientSession() as session, session.get(f"{BASE}/?token=wrong") as page:
+            wrong = "Set-Cookie" in page.headers
+        return status, cookie, with_cookie, wrong
+
+    status, cookie, with_cookie, wrong = loop.run(visit())
+    assert status == 200 and cookie.startswith("streamer_token=") and "HttpOnly" in cookie
+    assert "samesite=strict" in cookie.lower()
+    assert with_cookie == 200 and not wrong
 
 
 @pytest.mark.slow

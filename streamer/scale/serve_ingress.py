@@ -9,13 +9,14 @@ session's later requests (DELETE, parameters, stats) to the replica that holds i
 from __future__ import annotations
 
 import asyncio
+import mimetypes
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from streamer.control.http import refusal_body
 from streamer.observe.prometheus import CONTENT_TYPE, merge_labelled
@@ -75,11 +76,11 @@ class Ingress:
     async def _route(self, request: Request, method: str, path: str) -> Response:
         if path in ("/", "/watch"):
             self._allow(method, "GET")
-            return FileResponse(STATIC / ("watch.html" if path == "/watch" else "index.html"),
-                                headers={"Cache-Control": "no-store"})
+            return await self._file(STATIC / ("watch.html" if path == "/watch" else "index.html"),
+                                    {"Cache-Control": "no-store"})
         if path.startswith("/static/"):
             self._allow(method, "GET")
-            return FileResponse(self._static(path[len("/static/"):]))
+            return await self._file(self._static(path[len("/static/"):]))
         if path == "/healthz":
             self._allow(method, "GET")
             replicas = [{key: load[key] for key in ("replica", "pid", "sessions", "capacity")}
@@ -231,6 +232,13 @@ class Ingress:
     def _allow(method: str, allowed: str) -> None:
         if method != allowed:
             raise HttpError(405, f"use {allowed} here", {"Allow": allowed})
+
+    @staticmethod
+    async def _file(path: Path, headers: dict[str, str] | None = None) -> Response:
+        """A page or script, whole (a few kB; a streamed file trips over a client that leaves early)."""
+        body = await asyncio.to_thread(path.read_bytes)
+        return Response(body, media_type=mimetypes.guess_type(path.name)[0] or "application/octet-stream",
+                        headers=headers)
 
     @staticmethod
     def _static(name: str) -> Path:
