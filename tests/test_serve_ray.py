@@ -354,3 +354,19 @@ def test_autoscaling_keeps_a_free_session_slot_within_min_and_max() -> None:
     autoscaling = replica._deployment_config.autoscaling_config
     assert (autoscaling.min_replicas, autoscaling.max_replicas) == (1, 3)
     assert autoscaling.policy.policy_function == "streamer.scale.serve_replica:sessions_policy"
+
+
+@pytest.mark.slow
+def test_a_replica_that_cannot_load_the_model_is_one_line(tmp_path: Path) -> None:
+    from test_browser import namespaces_work
+
+    if not namespaces_work():
+        pytest.skip("cannot create a network namespace here (unshare -n needs root or user namespaces)")
+    env = {**os.environ, **ENV, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-cache")}  # no model
+    done = subprocess.run(["unshare", "-n", "--", "sh", "-c", 'ip link set lo up && exec "$0" "$@"', sys.executable,
+                           "-m", "streamer", "serve", "--ray", "local", "--replica-cpus", "0.5", "--preset",
+                           "lcm-dreamshaper", "--device", "cpu"], capture_output=True, text=True, timeout=240,
+                          env=env, stdin=subprocess.DEVNULL)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("streamer: error:")]
+    assert done.returncode == 2 and len(errors) == 1, done.stderr[-3000:]
+    assert "the Serve application did not start: offline" in errors[0] and "Traceback" not in done.stderr

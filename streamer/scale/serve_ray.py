@@ -156,6 +156,17 @@ def free_port(host: str) -> int:
         return sock.getsockname()[1]
 
 
+def start_failure(serve: Any, exc: Exception) -> str:
+    """One line: why the application did not start (a replica's constructor error, e.g. its model)."""
+    try:
+        deployment = serve.status().applications[APP_NAME].deployments[REPLICA_DEPLOYMENT]
+        lines = [line.strip() for line in (deployment.message or "").splitlines() if line.strip()]
+    except Exception:  # the status itself unavailable: Serve's own message
+        lines = []
+    lines = lines or [line.strip() for line in str(exc).splitlines() if line.strip()] or [repr(exc)]
+    return lines[-1].split(": ", 1)[-1] if lines[-1].startswith(("ray.", "pipelines.")) else lines[-1]
+
+
 def run_on_ray(options: ServerOptions, config: PipelineConfig, scaling: Scaling, address: str,
                verbose: bool = False) -> int:
     """Start (or join) the cluster, run the application, serve until SIGINT/SIGTERM/SIGHUP, then remove it."""
@@ -173,9 +184,7 @@ def run_on_ray(options: ServerOptions, config: PipelineConfig, scaling: Scaling,
             app = build_app(options, config, scaling, int(ray.cluster_resources().get("GPU", 0)))
             serve.run(app, name=APP_NAME, route_prefix="/")
         except RuntimeError as exc:  # a replica that cannot start (its model failed to load, ...)
-            text = str(exc).strip()
-            raise ValueError(f"the Serve application did not start: {text.splitlines()[-1] if text else exc!r}") \
-                from None
+            raise ValueError(f"the Serve application did not start: {start_failure(serve, exc)}") from None
         host = f"[{options.host}]" if ":" in options.host else options.host
         count = (f"{scaling.min_replicas or 1}-{scaling.max_replicas or 1} replicas (autoscaling)"
                  if scaling.autoscaling else f"{scaling.replicas or 1} replicas")
