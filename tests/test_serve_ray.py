@@ -312,6 +312,14 @@ def test_ray_flags_without_ray_and_missing_serve_are_one_line(tmp_path: Path) ->
                                "passthrough"], capture_output=True, text=True, timeout=60, env={**os.environ, **ENV})
         assert done.returncode == 2 and done.stderr.startswith(f"streamer: error: {message}"), done.stderr
         assert done.stderr.count("\n") == 1  # refused before any cluster starts
+    # More than the cluster holds: Serve would wait for ever; refused once the local cluster is up.
+    done = subprocess.run(["unshare", "-n", "--", "sh", "-c", 'ip link set lo up && exec "$0" "$@"', sys.executable,
+                           "-m", "streamer", "serve", "--ray", "local", "--replicas", "64", "--preset", "passthrough",
+                           "--port", "8081"], capture_output=True, text=True, timeout=120, env={**os.environ, **ENV},
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert re.search(r"streamer: error: 64 replica\(s\) of --replica-cpus 1 and the ingress need 64.1 CPUs; "
+                     r"the Ray cluster has \d+ \(lower --replica-cpus or --replicas\)\n", done.stderr), done.stderr
     code = ("import sys; sys.modules['ray.serve'] = None; from streamer.cli import main; "
             "sys.exit(main(['serve', '--ray', 'local', '--preset', 'passthrough']))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,

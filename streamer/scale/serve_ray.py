@@ -25,6 +25,7 @@ from streamer.server.app import ServerOptions
 APP_NAME = "streamer"
 REPLICA_DEPLOYMENT = "replica"
 SERVE_HINT = 'pip install "streamer[ray]" (or pip install "ray[serve]>=2.40")'
+INGRESS_CPUS = 0.1
 HEALTH_CHECK_SECONDS = 1.0  # a dead replica is noticed (and replaced) within a few seconds
 
 
@@ -101,7 +102,7 @@ def build_app(options: ServerOptions, config: PipelineConfig, scaling: Scaling, 
         replica_options["num_replicas"] = scaling.replicas or 1
     replica = serve.deployment(StreamerReplica, **replica_options)
     ingress = serve.deployment(Ingress, name="ingress", num_replicas=1, max_ongoing_requests=256,
-                               ray_actor_options={"num_cpus": 0.1})
+                               ray_actor_options={"num_cpus": INGRESS_CPUS})
     return ingress.bind(replica.bind(ReplicaSettings(options, config)), IngressSettings(options, REPLICA_DEPLOYMENT))
 
 
@@ -156,6 +157,26 @@ def free_port(host: str) -> int:
         return sock.getsockname()[1]
 
 
+def missing_resources(resources: Mapping[str, float], config: PipelineConfig, scaling: Scaling) -> str | None:
+    """Why the cluster cannot hold the (fixed or minimum) replicas, or None. Serve would wait for them
+    silently, for ever."""
+    count = scaling.replicas or (max(1, scaling.min_replicas or 0) if scaling.autoscaling else 1)
+    cpus = resources.get("CPU", 0)
+    needed = count * scaling.replica_cpus + INGRESS_CPUS
+    if needed > cpus + 1e-9:
+        return (f"{count} replica(s) of --replica-cpus {scaling.replica_cpus:g} and the ingress need {needed:g} CPUs; "
+                f"the Ray cluster has {cpus:g} (lower --replica-cpus or --replicas)")
+    if scaling.replica_resource:
+        have = resources.get(scaling.replica_resource, 0)
+        if have < count:
+            return (f"{count} replica(s) need {count} of --replica-resource {scaling.replica_resource}; the Ray "
+                    f"cluster has {have:g}")
+    elif config.family != "passthrough" and config.device != "cpu" and resources.get("GPU", 0):
+        if resources["GPU"] < count:
+            return f"{count} replica(s) need a GPU each; the Ray cluster has {resources['GPU']:g}"
+    return None
+
+
 def start_failure(serve: Any, exc: Exception) -> str:
     """One line: why the application did not start (a replica's constructor error, e.g. its model)."""
     try:
@@ -179,9 +200,15 @@ def run_on_ray(options: ServerOptions, config: PipelineConfig, scaling: Scaling,
 
     try:
         port = options.port or free_port(options.host)
+        resources = ray.cluster_resources()
+        short = missing_resources(resources, config, scaling)
+        if short and address == "local":
+            raise ValueError(short)
+        if short:
+            print(f"streamer: warning: {short}; the replicas wait until nodes join", file=sys.stderr, flush=True)
         try:
             serve.start(http_options={"host": options.host, "port": port})
-            app = build_app(options, config, scaling, int(ray.cluster_resources().get("GPU", 0)))
+            app = build_app(options, config, scaling, int(resources.get("GPU", 0)))
             serve.run(app, name=APP_NAME, route_prefix="/")
         except RuntimeError as exc:  # a replica that cannot start (its model failed to load, ...)
             raise ValueError(f"the Serve application did not start: {start_failure(serve, exc)}") from None
