@@ -20,7 +20,14 @@ from streamer.engine.stop_signals import STOP_SIGNALS
 from streamer.engine.worker import GpuWorker
 from streamer.observe.stats import RunStats
 from streamer.server import whip
-from streamer.server.auth import PUBLIC_PATHS, PUBLIC_PREFIXES, Access, allowed_host_names, check_bind
+from streamer.server.auth import (
+    HTTP_ERRORS,
+    PUBLIC_PATHS,
+    PUBLIC_PREFIXES,
+    Access,
+    allowed_host_names,
+    check_bind,
+)
 from streamer.server.bodies import READ_TIMEOUT, read_json
 from streamer.server.listen import start_http
 from streamer.server.sessions import (
@@ -116,9 +123,6 @@ async def errors_middleware(request: web.Request,
         headers = RETRY_AFTER if isinstance(exc, CapacityError) else None
         raise HTTP_ERRORS[status](text=f"{text}\n", headers=headers) from None
 
-
-HTTP_ERRORS: dict[int, type[web.HTTPException]] = {
-    400: web.HTTPBadRequest, 404: web.HTTPNotFound, 503: web.HTTPServiceUnavailable}
 
 
 def create_app(options: ServerOptions, worker: GpuWorker, metrics: RunStats | None = None,

@@ -124,8 +124,10 @@ class Refusal:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+# Refusals as aiohttp raises them: the guard's, and the session layer's (streamer.server.app.ERROR_STATUS).
 HTTP_ERRORS: dict[int, type[web.HTTPException]] = {
-    401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 421: web.HTTPMisdirectedRequest}
+    400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 404: web.HTTPNotFound,
+    421: web.HTTPMisdirectedRequest, 503: web.HTTPServiceUnavailable}
 
 
 @dataclass(frozen=True)
