@@ -10,6 +10,7 @@ of `streamer serve`, see configs/serve-ray.yaml). Ray Serve is an optional extra
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import socket
 import sys
@@ -197,6 +198,9 @@ def run_on_ray(options: ServerOptions, config: PipelineConfig, scaling: Scaling,
     check_address(address)
     ray = connect(address, verbose)
     from ray import serve
+
+    if not verbose:  # Serve's progress lines ("Started Serve", "Deploying...") only with -v
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
 
     try:
         port = options.port or free_port(options.host)
