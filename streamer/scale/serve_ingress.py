@@ -261,6 +261,10 @@ class Ingress:
                         raise HttpError(413, f"the body is larger than {limit} bytes")
         except TimeoutError:
             raise HttpError(408, f"the body did not arrive within {self.options.read_timeout:g} s") from None
+        except HttpError:
+            raise
+        except Exception as exc:  # a broken chunked body, a client that went away
+            raise HttpError(400, f"the body could not be read: {type(exc).__name__}") from None
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:

@@ -27,6 +27,7 @@ APP_NAME = "streamer"
 REPLICA_DEPLOYMENT = "replica"
 SERVE_HINT = 'pip install "streamer[ray]" (or pip install "ray[serve]>=2.40")'
 INGRESS_CPUS = 0.1
+REQUEST_TIMEOUT = 90.0  # seconds for any request: an offer waits for ICE gathering and perhaps the worker
 HEALTH_CHECK_SECONDS = 1.0  # a dead replica is noticed (and replaced) within a few seconds
 
 
@@ -211,7 +212,8 @@ def run_on_ray(options: ServerOptions, config: PipelineConfig, scaling: Scaling,
         if short:
             print(f"streamer: warning: {short}; the replicas wait until nodes join", file=sys.stderr, flush=True)
         try:
-            serve.start(http_options={"host": options.host, "port": port})
+            # Serve's proxy bounds every request end to end (the ingress bounds a body's arrival itself).
+            serve.start(http_options={"host": options.host, "port": port, "request_timeout_s": REQUEST_TIMEOUT})
             app = build_app(options, config, scaling, int(resources.get("GPU", 0)))
             serve.run(app, name=APP_NAME, route_prefix="/")
         except RuntimeError as exc:  # a replica that cannot start (its model failed to load, ...)
