@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from streamer.config import SetupConfig, add_pipeline_args, pipeline_config_from_args, say
 from streamer.server.auth import add_access_arguments, token_from_args
+
+if TYPE_CHECKING:
+    from pipelines.config import PipelineConfig
+    from streamer.server.app import ServerOptions
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,18 +47,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--ice-address", action="append", default=None, metavar="ADDR",
                    help="offer ICE host candidates only on this address, repeatable (e.g. 127.0.0.1 for "
                         "peers on this machine: loopback is otherwise left out)")
+    ray = parser.add_argument_group("scaling out (Ray Serve)")
+    ray.add_argument("--ray", default=None, metavar="ADDRESS",
+                     help="serve on Ray: 'local' starts a cluster on this machine, 'auto' or HOST:PORT joins a "
+                          "running one (ray start --head); sessions are spread over replicas, each with its own "
+                          "model; needs pip install \"streamer[ray]\"")
+    ray.add_argument("--replicas", type=int, default=None, metavar="N",
+                     help="with --ray: this many replicas (default 1), each taking up to --max-sessions")
+    ray.add_argument("--min-replicas", type=int, default=None, metavar="N",
+                     help="with --ray: autoscale on session count, from this many replicas...")
+    ray.add_argument("--max-replicas", type=int, default=None, metavar="N", help="...up to this many")
+    ray.add_argument("--replica-cpus", type=float, default=1.0, metavar="X",
+                     help="with --ray: CPUs each replica reserves (default 1; fractions allowed)")
+    ray.add_argument("--replica-resource", default=None, metavar="NAME",
+                     help="with --ray: each replica takes one unit of this custom Ray resource instead of a GPU")
     add_pipeline_args(parser)
 
 
-def run(args: argparse.Namespace) -> int:
-    from streamer.server.app import ServerOptions, run_server
+def prepare(args: argparse.Namespace) -> tuple[ServerOptions, PipelineConfig, str | None]:
+    """The server's options and the pipeline's config from the flags and --config, checked before anything
+    loads; and the server-side source, if any."""
+    from streamer.server.app import ServerOptions
 
     file_setup = SetupConfig.read(args.config)  # the YAML, read once
     server = file_setup.with_flags(args, ("server",)).server
     options = ServerOptions(token=token_from_args(args.token, args.token_file), **server.options())
     options.check()  # before loading a model: a bad flag should fail in a second, not after a download
 
-    from pipelines import load_pipeline
     from streamer.control.params import initial_params
 
     config = pipeline_config_from_args(args, file_setup)
@@ -62,13 +82,36 @@ def run(args: argparse.Namespace) -> int:
     largest = min(options.max_batch, options.max_sessions + (1 if server.source else 0))
     if config.compile != "off" and max(config.compile_batch_sizes) < largest:
         config = config.model_copy(update={"compile_batch_sizes": sorted({*config.compile_batch_sizes, largest})})
+    return options, config, server.source
+
+
+def run(args: argparse.Namespace) -> int:
+    ray_flags = [flag for flag, given in (("--replicas", args.replicas), ("--min-replicas", args.min_replicas),
+                                          ("--max-replicas", args.max_replicas),
+                                          ("--replica-resource", args.replica_resource)) if given is not None]
+    if args.ray is None and ray_flags:
+        raise ValueError(f"{ray_flags[0]} needs --ray (without it one process serves every session)")
+    if args.ray is not None:
+        from streamer.scale.serve_ray import import_serve
+
+        import_serve()  # not installed: one line, before anything else happens
+    options, config, server_source = prepare(args)
+    if args.ray is not None:
+        from streamer.scale.serve_ray import check_ray_options, run_on_ray, scaling_from_args
+
+        check_ray_options(options, server_source)
+        return run_on_ray(options, config, scaling_from_args(args), args.ray, verbose=args.verbose)
+
+    from pipelines import load_pipeline
+    from streamer.server.app import run_server
+
     pipeline = load_pipeline(config, on_progress=say)
     source = None
-    if server.source:
+    if server_source:
         from streamer.sources import open_source
 
         # A file plays at its own rate, over and over: /watch is a live show, not a transcode.
-        source = open_source(server.source, realtime=True, loop=True, stream_id="source")
+        source = open_source(server_source, realtime=True, loop=True, stream_id="source")
         source.open()
     try:
         return run_server(options, pipeline, source)

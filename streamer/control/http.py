@@ -13,6 +13,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from aiohttp import web
 
@@ -31,10 +32,14 @@ MAX_CONNECTIONS = 64
 START_TIMEOUT = 10.0
 
 
-def refusal(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    """A refused request as both servers' control routes answer it: ``{"ok": false, "error": "one line"}``."""
+def refusal_body(message: str) -> dict[str, Any]:
+    """A refused request as the servers' control routes answer it: ``{"ok": false, "error": "one line"}``."""
     line = message.strip().splitlines()[0] if message.strip() else "refused"
-    return web.json_response({"ok": False, "error": line}, status=status, headers=headers)
+    return {"ok": False, "error": line}
+
+
+def refusal(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(refusal_body(message), status=status, headers=headers)
 
 
 async def params_reply(request: web.Request, params: ParamsController) -> web.Response:

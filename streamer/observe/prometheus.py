@@ -107,3 +107,32 @@ def _number(value: float) -> str:
 
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def merge_labelled(texts: Mapping[str, str], label: str = "replica") -> str:
+    """Several servers' expositions as one: each family once (HELP, TYPE, then every server's samples), each
+    sample with ``label="KEY"`` added. `streamer serve --ray`'s /metrics: the same names, per replica."""
+    families: dict[str, list[str]] = {}  # name -> HELP and TYPE lines, then samples
+    for key, text in texts.items():
+        extra = f'{label}="{_label(key)}"'
+        current: list[str] | None = None
+        for line in text.splitlines():
+            if line.startswith("# HELP "):
+                name = line.split(" ", 3)[2]
+                current = families.get(name)
+                if current is None:
+                    current = families[name] = [line]
+                continue
+            if line.startswith("# TYPE "):
+                if current is not None and len(current) == 1:
+                    current.append(line)
+                continue
+            if not line.strip() or current is None:
+                continue
+            sample, _, value = line.rpartition(" ")
+            if sample.endswith("}"):
+                sample = f"{sample[:-1]},{extra}}}"
+            else:
+                sample = f"{sample}{{{extra}}}"
+            current.append(f"{sample} {value}")
+    return "\n".join(line for lines in families.values() for line in lines) + "\n"

@@ -48,22 +48,29 @@ def check_address(address: str) -> None:
                          "`ray start --head` or check the address") from None
 
 
+def connect(address: str, verbose: bool = False) -> Any:
+    """``ray.init`` for both commands: "local" starts a cluster here (dashboard off), "auto" or HOST:PORT
+    joins a running one. Returns the ``ray`` module; ValueError (one line) when that fails."""
+    ray = import_ray()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        if address == "local":
+            ray.init(include_dashboard=False, log_to_driver=verbose, logging_level=logging.WARNING)
+        else:
+            ray.init(address=address, log_to_driver=verbose, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot join the Ray cluster at {address}: {first}") from None
+    return ray
+
+
 class RayPool:
     """FileWorker actors on a Ray cluster: ``address`` "local" starts one here (dashboard off), "auto" or
     HOST:PORT joins a running one (``ray start --head``)."""
 
     def __init__(self, settings: FileSettings, *, address: str, workers: int | None, worker_cpus: float,
                  worker_resource: str | None, retries: int, verbose: bool = False) -> None:
-        ray = self.ray = import_ray()
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        try:
-            if address == "local":
-                ray.init(include_dashboard=False, log_to_driver=verbose, logging_level=logging.WARNING)
-            else:
-                ray.init(address=address, log_to_driver=verbose, logging_level=logging.WARNING)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ValueError(f"cannot join the Ray cluster at {address}: {first}") from None
+        ray = self.ray = connect(address, verbose)
         try:
             self._start_actors(settings, workers, worker_cpus, worker_resource, retries)
         except BaseException:

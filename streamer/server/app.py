@@ -20,7 +20,14 @@ from streamer.engine.stop_signals import STOP_SIGNALS
 from streamer.engine.worker import GpuWorker
 from streamer.observe.stats import RunStats
 from streamer.server import whip
-from streamer.server.auth import PUBLIC_PATHS, PUBLIC_PREFIXES, Access, allowed_host_names, check_bind
+from streamer.server.auth import (
+    HTTP_ERRORS,
+    PUBLIC_PATHS,
+    PUBLIC_PREFIXES,
+    Access,
+    allowed_host_names,
+    check_bind,
+)
 from streamer.server.bodies import READ_TIMEOUT, read_json
 from streamer.server.listen import start_http
 from streamer.server.sessions import (
@@ -87,20 +94,35 @@ class ServerOptions:
                 raise ValueError(f"--ice-server must be a stun:, turn: or turns: URL, got {url!r}")
 
 
+# The session layer's errors as HTTP statuses (the pipeline failing on a valid change is not the client's
+# fault: 503). Also used by `streamer serve --ray`'s replicas, whose answers the ingress turns into HTTP.
+ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
+    (CapacityError, 503), (ChangeFailed, 503), (NotFoundError, 404), (OfferError, 400), (ValueError, 400))
+RETRY_AFTER = {"Retry-After": "10"}
+
+
+def error_answer(exc: Exception) -> tuple[int, str] | None:
+    """(status, one line) for a session-layer error; None for anything else."""
+    for kind, status in ERROR_STATUS:
+        if isinstance(exc, kind):
+            return status, str(exc.args[0] if isinstance(exc, NotFoundError) else exc)
+    return None
+
+
 @web.middleware
 async def errors_middleware(request: web.Request,
                             handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     """Turn the session layer's errors into one-line HTTP answers."""
     try:
         return await handler(request)
-    except CapacityError as exc:
-        raise web.HTTPServiceUnavailable(text=f"{exc}\n", headers={"Retry-After": "10"}) from None
-    except ChangeFailed as exc:  # the pipeline failed on a valid change: not the client's fault
-        raise web.HTTPServiceUnavailable(text=f"{exc}\n") from None
-    except NotFoundError as exc:
-        raise web.HTTPNotFound(text=f"{exc.args[0]}\n") from None
-    except (OfferError, ValueError) as exc:
-        raise web.HTTPBadRequest(text=f"{exc}\n") from None
+    except Exception as exc:
+        answer = error_answer(exc)
+        if answer is None:
+            raise
+        status, text = answer
+        headers = RETRY_AFTER if isinstance(exc, CapacityError) else None
+        raise HTTP_ERRORS[status](text=f"{text}\n", headers=headers) from None
+
 
 
 def create_app(options: ServerOptions, worker: GpuWorker, metrics: RunStats | None = None,

@@ -14,8 +14,8 @@ import ipaddress
 import os
 import re
 import socket
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
@@ -113,7 +113,22 @@ def allowed_host_names(allow_hosts: Sequence[str]) -> list[str]:
     return names
 
 
-# ---- the middleware ------------------------------------------------------------------------------------
+# ---- the guard -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Refusal:
+    """A request the guard refuses: its status, one line for the client, and headers to send."""
+
+    status: int
+    text: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+# Refusals as aiohttp raises them: the guard's, and the session layer's (streamer.server.app.ERROR_STATUS).
+HTTP_ERRORS: dict[int, type[web.HTTPException]] = {
+    400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 404: web.HTTPNotFound,
+    421: web.HTTPMisdirectedRequest, 503: web.HTTPServiceUnavailable}
+
 
 @dataclass(frozen=True)
 class Access:
@@ -143,46 +158,58 @@ class Access:
                 return False
         return False
 
-    def is_public(self, request: web.Request) -> bool:
-        return request.path in self.public_paths or request.path.startswith(tuple(self.public_prefixes))
+    def public(self, path: str) -> bool:
+        return path in self.public_paths or path.startswith(tuple(self.public_prefixes))
 
-    def token_given(self, request: web.Request) -> bool:
+    def token_matches(self, authorization: str | None, cookie: str | None) -> bool:
+        """The token in ``Authorization: Bearer T`` or in the page's cookie, compared in constant time."""
         assert self.token is not None
         expected = self.token.encode()
-        scheme, _, value = request.headers.get("Authorization", "").strip().partition(" ")
+        scheme, _, value = (authorization or "").strip().partition(" ")
         given = [value.strip()] if scheme.lower() == "bearer" else []
-        given.append(request.cookies.get(TOKEN_COOKIE, ""))
+        given.append(cookie or "")
         return any(hmac.compare_digest(g.encode("utf-8", "surrogateescape"), expected) for g in given if g)
+
+    def refusal(self, *, method: str, path: str, scheme: str, headers: Mapping[str, str],
+                cookie: str | None) -> Refusal | None:
+        """The one guard, framework-neutral: why this request is refused (status, one line, headers), or
+        None. ``headers`` is case-insensitive (aiohttp's and Starlette's are); ``cookie`` is the token
+        cookie's value. Used by the aiohttp middleware below and by the Ray Serve ingress."""
+        host = headers.get("Host")
+        if not self.host_allowed(host):
+            return Refusal(421, f"Host {shown(host or '')} is not this server; start it with --allow-host NAME "
+                                "to answer to that name")
+        if self.public(path):
+            return None
+        origin = headers.get("Origin")
+        if origin is not None and (host is None or origin.lower() != f"{scheme}://{host}".lower()):
+            return Refusal(403, f"requests from other sites are refused (Origin {shown(origin)})")
+        if headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+            return Refusal(403, "requests from other sites are refused (Sec-Fetch-Site)")
+        if self.token and method != "OPTIONS" and not self.token_matches(headers.get("Authorization"), cookie):
+            return Refusal(401, "missing or wrong token: send 'Authorization: Bearer <token>'",
+                           {"WWW-Authenticate": "Bearer"})
+        return None
+
+    def sets_cookie(self, path: str, query_token: str | None) -> bool:
+        """A public page loaded with ``?token=T`` (the right one) sets the token cookie."""
+        if not (self.token and query_token and self.public(path)):
+            return False
+        return hmac.compare_digest(query_token.encode("utf-8", "surrogateescape"), self.token.encode())
 
     def middleware(self) -> Callable:
         @web.middleware
         async def guard(request: web.Request,
                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-            host = request.headers.get("Host")
-            if not self.host_allowed(host):
-                raise web.HTTPMisdirectedRequest(
-                    text=f"Host {shown(host or '')} is not this server; start it with --allow-host NAME to "
-                         "answer to that name\n")
-            if self.is_public(request):
-                response = await handler(request)
-                if self.token and request.query.get("token") and self._query_token_matches(request):
-                    response.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="Strict",
-                                        secure=request.secure, path="/")
-                return response
-            origin = request.headers.get("Origin")
-            if origin is not None and (host is None or origin.lower() != f"{request.scheme}://{host}".lower()):
-                raise web.HTTPForbidden(text=f"requests from other sites are refused (Origin {shown(origin)})\n")
-            if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
-                raise web.HTTPForbidden(text="requests from other sites are refused (Sec-Fetch-Site)\n")
-            if self.token and request.method != "OPTIONS" and not self.token_given(request):
-                raise web.HTTPUnauthorized(
-                    text="missing or wrong token: send 'Authorization: Bearer <token>'\n",
-                    headers={"WWW-Authenticate": "Bearer"})
-            return await handler(request)
+            refused = self.refusal(method=request.method, path=request.path, scheme=request.scheme,
+                                   headers=request.headers, cookie=request.cookies.get(TOKEN_COOKIE))
+            if refused is not None:
+                raise HTTP_ERRORS[refused.status](text=refused.text + "\n", headers=refused.headers)
+            response = await handler(request)
+            if self.sets_cookie(request.path, request.query.get("token")):
+                assert self.token is not None
+                response.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="Strict",
+                                    secure=request.secure, path="/")
+            return response
 
         return guard
-
-    def _query_token_matches(self, request: web.Request) -> bool:
-        assert self.token is not None
-        given = request.query.get("token", "").encode("utf-8", "surrogateescape")
-        return hmac.compare_digest(given, self.token.encode())

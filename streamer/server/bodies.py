@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from aiohttp import web
+from aiohttp.helpers import parse_mimetype
 
 from streamer.server.auth import shown
 
@@ -109,15 +110,25 @@ async def _read_at_most(request: web.Request, max_bytes: int) -> bytes:
     return bytes(body)
 
 
+def type_refusal(header: str | None, content_type: str) -> str | None:
+    """Why a body with this Content-Type header is refused (one line, HTTP 415), or None: the type must be
+    ``content_type``, the charset (if any) UTF-8. Framework-neutral: read_text and the Ray Serve ingress."""
+    mime = parse_mimetype(header or "")
+    if f"{mime.type}/{mime.subtype}" != content_type:
+        return f"send the body as Content-Type: {content_type}"
+    charset = mime.parameters.get("charset")
+    if charset is not None and charset.strip().lower() not in ("utf-8", "utf8"):
+        return f"charset {shown(charset)} is not supported; send UTF-8"
+    return None
+
+
 async def read_text(request: web.Request, content_type: str, max_bytes: int | None = None) -> str:
     """The body as text: 415 for another content type or a charset other than UTF-8, 408 when it does not
     arrive in time, 413 when larger than ``max_bytes`` (default: the app's ``client_max_size``), 400 when not
     UTF-8."""
-    if request.content_type != content_type:
-        raise web.HTTPUnsupportedMediaType(text=f"send the body as Content-Type: {content_type}\n")
-    charset = request.charset
-    if charset is not None and charset.strip().lower() not in ("utf-8", "utf8"):
-        raise web.HTTPUnsupportedMediaType(text=f"charset {shown(charset)} is not supported; send UTF-8\n")
+    refused = type_refusal(request.headers.get("Content-Type"), content_type)
+    if refused:
+        raise web.HTTPUnsupportedMediaType(text=f"{refused}\n")
     timeout = request.app.get(READ_TIMEOUT_KEY, READ_TIMEOUT)
     try:
         async with asyncio.timeout(timeout):
