@@ -66,6 +66,7 @@ class ServerSection(BaseModel):
     idle_timeout: float | None = None
     connect_timeout: float | None = None
     max_batch: int | None = None
+    submit_ahead: bool = False
     cert: Path | None = None
     key: Path | None = None
     source: str | None = None  # a server-side source shown at /watch
