@@ -128,7 +128,8 @@ def check_attention(setting: str, device: torch.device, dtype: torch.dtype) -> N
         with torch.no_grad(), attention_kernel(setting, device):
             torch.nn.functional.scaled_dot_product_attention(q, q, q)
     except RuntimeError:
-        raise ValueError(f"attention {setting!r} has no kernel for {dtype} on {device.type}; choose auto or "
+        raise ValueError(f"attention {setting!r} has no kernel for {str(dtype).removeprefix('torch.')} on "
+                         f"{device.type}; choose auto or "
                          "another of flash, cudnn, efficient, math") from None
 
 

@@ -158,8 +158,9 @@ class WholeStep:
                                     "start-up", key))
             keys.append(key)
         saved = [(s.embeds, s.blend_from, s.blend_target, s.blend_done) for s in states]
+        new = [key for key in keys if key not in self.ready]
+        parts: list[tuple[list[int], PendingFrames]] = []
         try:
-            parts = []
             for members, key in zip(rounds, keys, strict=True):
                 sub = frames if len(rounds) == 1 else frames[members]
                 out = self._run(sub, [states[i] for i in members], [smoothers[i] for i in members],
@@ -167,7 +168,7 @@ class WholeStep:
                 parts.append((members, PendingFrames(out)))
                 self.ready.add(key)
         except Exception as exc:  # noqa: BLE001 - a failed compile must not stop the stream
-            if len(parts) or self.ready:  # it ran before: not a compiler problem
+            if parts or not new:  # it ran before: not a compiler problem
                 raise
             for s, (embeds, blend_from, blend_target, done) in zip(states, saved, strict=True):
                 s.embeds, s.blend_from, s.blend_target, s.blend_done = embeds, blend_from, blend_target, done

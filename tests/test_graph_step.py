@@ -85,10 +85,14 @@ def test_whole_step_equals_eager_and_seams_with_skips_cuts_and_several_streams(w
         frames = np.stack([picture(10 + i) for i in range(n)])
         ids = [f"p{i}" for i in range(n)]
         assert close(eager_pipe(n)(frames, ids), whole(frames, ids))
+    # Resized as uint8 around the graph, so not equal to the eager step's float resize: a level of input
+    # rounding, which the random tiny model amplifies a little; far from the frames of another picture.
     odd = np.stack([picture(20, 80)[:, :72] for _ in range(2)])
-    out = whole(odd, ["q0", "q1"])
+    out = whole(odd, ["q0", "q1"]).astype(int)
     assert out.shape == odd.shape
-    assert np.abs(out.astype(int) - eager_pipe(2)(odd, ["q0", "q1"]).astype(int)).mean() < 1.5
+    near = np.abs(out - eager_pipe(2)(odd, ["q0", "q1"]).astype(int)).mean()
+    other = np.abs(out - eager_pipe(2)(255 - odd, ["q0", "q1"]).astype(int)).mean()
+    assert near < 4 and near < other / 5, (near, other)
     assert counters["frames"]["ok"] == compiled_before, "compiled again after start-up"
     assert whole.whole_step.eager_batches == 0
 
@@ -153,3 +157,55 @@ def test_analytic_preset():
         frames = np.stack([picture(seed, 128), picture(seed + 5, 128)])
         assert close(eager(frames, ["a", "b"]), whole(frames, ["a", "b"]))
     assert whole.whole_step.eager_batches == 0
+
+
+def test_a_forced_attention_kernel_the_device_lacks_is_refused_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.media import make_clip
+    from tests.servers import ROOT
+
+    clip = make_clip(tmp_path / "in.mp4", seconds=1, size=(64, 48), audio=False)
+    done = subprocess.run([sys.executable, "-m", "streamer", "file", str(clip), str(tmp_path / "out.mp4"),
+                           "--preset", "tiny", "--device", "cpu", "--attention", "cudnn"], capture_output=True,
+                          text=True, timeout=240, cwd=tmp_path, env={**__import__("os").environ,
+                                                                     "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "streamer: error: bad setting: attention 'cudnn' has no kernel for float32 on cpu; choose auto or "
+        "another of flash, cudnn, efficient, math"]
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_forced_math_attention_and_channels_last_per_module_keep_the_pictures():
+    plain = load_pipeline("tiny", device="cpu", compile="off", smoothing={"enabled": False})
+    frames = np.stack([picture(1), picture(2)])
+    expected = plain(frames, ["a", "b"])
+    for settings in ({"attention": "math"}, {"attention": "flash"}, {"channels_last": "unet"},
+                     {"channels_last": "vae"}):
+        pipe = load_pipeline("tiny", device="cpu", compile="off", smoothing={"enabled": False}, **settings)
+        assert close(expected, pipe(frames, ["a", "b"])), settings
+    import torch
+
+    unet_only = load_pipeline("tiny", device="cpu", compile="off", channels_last="unet")
+    conv = next(m for m in unet_only.unet.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    vae_conv = next(m for m in unet_only.vae.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not vae_conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_compiler_failure_of_the_whole_step_runs_eagerly_after_one_warning(caplog):
+    from pipelines.compiled import enable_compile
+
+    pipe = load_pipeline("tiny", device="cpu")
+    frames = np.stack([picture(1)])
+    before = pipe(frames, ["a"])
+    pipe.remove_stream("a")
+    with caplog.at_level(logging.WARNING, logger="pipelines.compiled"):
+        enable_compile(pipe, [1], backend="no-such-backend", graph="whole", progress=lambda _: None)
+        after = pipe(frames, ["a"])
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "running eagerly" in warnings[0].getMessage()
+    assert pipe.whole_step.failed and pipe.whole_step.compiled_calls == 0
+    assert np.array_equal(before, after)
