@@ -38,11 +38,11 @@ export PYTHONUNBUFFERED=1
 T0=$(date +%s)
 SMALL=${GPU_CHECK_SMALL:-}
 if [ -n "$SMALL" ]; then
-    DEVICE=cpu; ARCH=tiny; RES=64; PRESET=tiny; ITER=2; FRAMES=40;  EVERY=20; SECONDS_PER_RUN=6
+    DEVICE=cpu; ARCH=tiny; RES=64; PRESET=tiny; ITER=2; FRAMES=40; EVERY=20; SECONDS_PER_RUN=6; CLIP=2; REPEAT=1
     SIZE=64; COMPILE=${COMPILE:-off}; BATCHES=1,2; BIG=2; SDXL_ARCH=tiny-sdxl; SDXL_RES=64
     GRAPH=whole; PY=${PY:-python3}; KERNELS=math; LIMIT_SCALE=${LIMIT_SCALE:-4}
 else
-    DEVICE=cuda; ARCH=sd15; RES=512; PRESET=sd15-random; ITER=20; FRAMES=10000; EVERY=1000; SECONDS_PER_RUN=12
+    DEVICE=cuda; ARCH=sd15; RES=512; PRESET=sd15-random; ITER=20; FRAMES=10000; EVERY=1000; SECONDS_PER_RUN=12; CLIP=20; REPEAT=2
     SIZE=512; COMPILE=${COMPILE:-on}; BATCHES=1,16,8; BIG=16; SDXL_ARCH=sdxl; SDXL_RES=1024
     GRAPH=auto; PY=${PY:-python3}; KERNELS="flash cudnn efficient"
     if ls .whl/*.whl >/dev/null 2>&1; then
@@ -73,12 +73,12 @@ BENCH=($PY -m streamer bench --device $DEVICE --arch $ARCH --resolution $RES --v
        --iterations $ITER)
 
 stage smoke 75 $PY benchmarks/gpu_smoke.py --device $DEVICE
-stage bench 270 "${BENCH[@]}" --batch $BATCHES --steps 1 --graph $GRAPH --smoothing off,on --json "$OUT/bench.json"
+stage bench 250 "${BENCH[@]}" --batch $BATCHES --steps 1 --graph $GRAPH --smoothing off,on --json "$OUT/bench.json"
 stage memory 75 $PY benchmarks/bench_memory.py --preset $PRESET --device $DEVICE --batch $BIG --frames $FRAMES \
     --every $EVERY --size ${SIZE}x${SIZE}
 # serve compiles batch 1 and 8 (bench's cache); 4 sessions pad up to 8.
 printf 'preset: %s\ncompile_batch_sizes: [1, 8]\n' "$PRESET" >"$OUT/serve-setup.yaml"
-stage serve 140 $PY benchmarks/bench_serve.py --preset $PRESET --device $DEVICE --sessions 1,4,8 \
+stage serve 130 $PY benchmarks/bench_serve.py --preset $PRESET --device $DEVICE --sessions 1,4,8 \
     --seconds $SECONDS_PER_RUN --settle 3 --size $SIZE --submit-ahead --json "$OUT/serve.json" \
     --serve-arg=--config --serve-arg="$OUT/serve-setup.yaml" --serve-arg=--compile --serve-arg=$COMPILE
 stage steps2 300 "${BENCH[@]}" --batch 1,$BIG --steps 2 --graph $GRAPH --no-eager --json "$OUT/bench-steps2.json"
@@ -95,7 +95,7 @@ for layout in unet vae off; do
     [ -f "$OUT/layout.txt" ] && mv "$OUT/layout.txt" "$OUT/layout-$layout.txt"
 done
 stage file 100 $PY benchmarks/bench_file.py --preset $PRESET --device $DEVICE --size ${SIZE}x${SIZE} --batch $BIG \
-    --smoothing off --repeat 2 --seconds 20
+    --smoothing off --repeat $REPEAT --seconds $CLIP
 stage nvdec 20 $PY benchmarks/nvdec_probe.py --seconds 20 --size ${SIZE}x${SIZE}
 stage sdxl 540 $PY -m streamer bench --device $DEVICE --arch $SDXL_ARCH --resolution $SDXL_RES --batch 1 --steps 1 \
     --vae taesd --compile $COMPILE --graph $GRAPH --iterations 10 --json "$OUT/bench-sdxl.json"
