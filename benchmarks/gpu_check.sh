@@ -42,7 +42,7 @@ if [ -n "$SMALL" ]; then
     SIZE=64; COMPILE=${COMPILE:-off}; BATCHES=1,2; BIG=2; SDXL_ARCH=tiny-sdxl; SDXL_RES=64
     GRAPH=whole; PY=${PY:-python3}; KERNELS=math; LIMIT_SCALE=${LIMIT_SCALE:-4}
 else
-    DEVICE=cuda; ARCH=sd15; RES=512; PRESET=sd15-random; ITER=20; FRAMES=10000; EVERY=1000; SECONDS_PER_RUN=12; CLIP=20; REPEAT=2
+    DEVICE=cuda; ARCH=sd15; RES=512; PRESET=sd15-random; ITER=20; FRAMES=10000; EVERY=1000; SECONDS_PER_RUN=10; CLIP=20; REPEAT=2
     SIZE=512; COMPILE=${COMPILE:-on}; BATCHES=1,16,8; BIG=16; SDXL_ARCH=sdxl; SDXL_RES=1024
     GRAPH=auto; PY=${PY:-python3}; KERNELS="flash cudnn efficient"
     if ls .whl/*.whl >/dev/null 2>&1; then
