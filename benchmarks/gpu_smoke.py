@@ -1,6 +1,7 @@
-"""The CUDA-only code paths, checked in under a minute on a GPU machine with the tiny preset: the compiled
-step matches the eager one, the GPU worker thread records and replays its own CUDA graphs, pinned
-asynchronous transfers keep batches in order, and `streamer file` runs compiled end to end.
+"""The CUDA-only code paths, checked in under a minute on a GPU machine with the tiny preset: the whole
+step compiled in one CUDA graph matches the eager one (smoothing off, and on with skips and cuts), the GPU
+worker thread records and replays its own CUDA graphs (also submitting ahead), pinned asynchronous transfers
+keep batches in order, and `streamer file` runs compiled end to end.
 
     python benchmarks/gpu_smoke.py [--device cpu]   (cpu: checks this script itself, slowly)
 
@@ -48,27 +49,48 @@ def main() -> int:
         return 1
     print(f"{torch.cuda.get_device_name() if device == 'cuda' else 'CPU'} torch {torch.__version__}", flush=True)
     eager = load_pipeline("tiny", device=device, compile="off", smoothing={"enabled": False})
-    graphed = load_pipeline("tiny", device=device, compile="on", compile_batch_sizes=[4],
+    graphed = load_pipeline("tiny", device=device, compile="on", graph="whole", compile_batch_sizes=[4],
                             smoothing={"enabled": False})
 
     def compiled_matches_eager() -> str:
         worst = 0.0
         for n in (1, 3, 4, 6):  # 1 and 3 pad to 4; 6 is above the largest size and runs eagerly
             ids = [f"s{i}" for i in range(n)]
-            for _ in range(3):
-                b = graphed(frames(n, seed=n), ids, output_type="float")
-            a = eager(frames(n, seed=n), ids, output_type="float")
-            worst = max(worst, float(np.abs(a - b).max()))
+            for _ in range(3):  # uint8 out: the output type the graph is compiled for
+                b = graphed(frames(n, seed=n), ids)
+            a = eager(frames(n, seed=n), ids)
+            worst = max(worst, float(np.abs(a.astype(int) - b.astype(int)).max()) / 255)
         assert worst < 2e-2, f"max difference {worst}"
-        calls = graphed.unet_forward
+        calls = graphed.whole_step
         assert calls.compiled_calls > 0 and not calls.failed, f"compiled calls {calls.compiled_calls}"
-        return f"max abs difference {worst:.4f}, {calls.compiled_calls} compiled UNet calls"
+        return f"max abs difference {worst:.4f}, {calls.compiled_calls} whole-step graph calls"
+
+    def smoothing_in_the_graph() -> str:
+        """Smoothing on (the default): a still stream is skipped, another cuts, one moves; same frames."""
+        smooth_eager = load_pipeline("tiny", device=device, compile="off")
+        ids = ["still", "cut", "moving", "plain"]
+        still = frames(1, seed=1)[0]
+        worst = 0
+        left = graphed.whole_step.eager_batches  # the batch of 6 above ran eagerly
+        for pipe in (smooth_eager, graphed):
+            pipe.update("plain", smoothing=False)
+            for sid in ids[:3]:
+                pipe.update(sid, smoothing=True)
+        for k in range(5):
+            moving = still.copy()
+            moving[: 8 + 4 * k, :16] = 255
+            batch = np.stack([still, frames(1, seed=10 + (k >= 2))[0], moving, frames(1, seed=20 + k)[0]])
+            a, b = smooth_eager(batch, ids), graphed(batch, ids)
+            worst = max(worst, int(np.abs(a.astype(int) - b.astype(int)).max()))
+        assert worst <= 5, f"differs by {worst}/255"
+        assert graphed.whole_step.eager_batches == left, "a batch left the graph"
+        return f"5 batches of 4 streams within {worst}/255 of eager"
 
     def worker_thread_replays_graphs() -> str:
         from streamer.engine.worker import GpuWorker
         from streamer.media.frames import Frame
 
-        before = graphed.unet_forward.compiled_calls
+        before = graphed.whole_step.compiled_calls
         image = frames(1, seed=7)[0]
         expected = graphed(image[None], ["w"])[0]
         with GpuWorker(graphed, max_batch=4) as worker:
@@ -77,8 +99,12 @@ def main() -> int:
             for i in range(20):
                 worker.submit(Frame(image, pts=i, stream_id="w")).result(60)
             per_frame = (time.perf_counter() - started) / 20
-        assert not graphed.unet_forward.failed, "the compiled UNet fell back to eager on the worker thread"
-        assert graphed.unet_forward.compiled_calls > before + 20
+        with GpuWorker(graphed, max_batch=4, submit_ahead=True) as worker:
+            ahead = [worker.submit(Frame(image, pts=i, stream_id=f"x{i % 3}")) for i in range(30)]
+            back = [f.result(60) for f in ahead]
+        assert [f.pts for f in back] == list(range(30)), "submit-ahead lost or reordered frames"
+        assert not graphed.whole_step.failed, "the whole-step graph fell back to eager on the worker thread"
+        assert graphed.whole_step.compiled_calls > before + 20
         diff = max(int(np.abs(r.image.astype(int) - expected.astype(int)).max()) for r in results)
         assert diff <= 2, f"worker output differs by {diff}"
         return f"{per_frame * 1000:.2f} ms per frame on the worker thread, output within {diff}/255"
@@ -104,7 +130,8 @@ def main() -> int:
             assert summary.frames == 90, summary.frames
             return summary.report()
 
-    check("compiled step matches eager (batch 1 and 3 padded, 4, 6 eager)", compiled_matches_eager)
+    check("whole-step graph matches eager (batch 1 and 3 padded, 4, 6 eager)", compiled_matches_eager)
+    check("smoothing's skips and cuts inside the graph match eager", smoothing_in_the_graph)
     check("GPU worker thread records and replays its own CUDA graphs", worker_thread_replays_graphs)
     check("pinned asynchronous transfers keep batch order", transfers_keep_order)
     check("file job with the compiled step", file_job_compiled)

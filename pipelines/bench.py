@@ -17,8 +17,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipelines.compiled import enable_compile, should_compile, speed_up_modules, warm_up
-from pipelines.config import PipelineConfig
+from pipelines.compiled import (
+    check_attention,
+    enable_compile,
+    graph_mode,
+    should_compile,
+    speed_up_modules,
+    warm_up,
+)
+from pipelines.config import PipelineConfig, SmoothingConfig
 from pipelines.lcm_img2img import StreamPipeline
 from pipelines.loading import ModelComponents, resolve_device, resolve_dtype
 from pipelines.quiet import quiet_libraries
@@ -151,13 +158,16 @@ def _machine(device: torch.device) -> dict:
 def run_bench(*, size: str, device_name: str, dtype_name: str, resolution: int, batches: list[int],
               steps_list: list[int], vaes: list[str], strength: float, warmup: int, iterations: int,
               compile_setting: str = "auto", fuse_qkv: str = "auto", channels_last: str = "auto",
-              controlnets: list[int] | None = None, log: Callable[[str], None] | None = None,
+              graphs: list[str] | None = None, smoothing: list[bool] | None = None, attention: str = "auto",
+              eager: bool = True, controlnets: list[int] | None = None, log: Callable[[str], None] | None = None,
               checkpoint: Callable[[dict], None] | None = None, style_image: Any = None,
               style_scale: float = 0.6) -> dict:
-    """diffusers' pipeline at batch 1 with both VAEs, then the project's frame step (eager, and compiled
-    where ``compile_setting`` says) with each of ``vaes`` at every batch size and step count. Compiled batch
-    sizes are compiled one at a time in the order given, each just before its rows, so a run cut short
-    still has the rows of the sizes it reached (``checkpoint`` is called after every row).
+    """diffusers' pipeline at batch 1 with both VAEs, then the project's frame step (eager unless not
+    ``eager``, and compiled where ``compile_setting`` says, once per mode of ``graphs``: PipelineConfig.graph)
+    with each of ``vaes`` at every batch size, step count and ``smoothing`` (off, on: a moving picture, so
+    frames run the model). Compiled batch sizes are compiled one at a time in the order given, each just
+    before its rows, so a run cut short still has the rows of the sizes it reached (``checkpoint`` is called
+    after every row). ``attention`` forces an SDPA kernel in the frame step (PipelineConfig.attention).
 
     SD sizes: an LCM checkpoint's UNet (guidance embedding, w = 8) against
     ``LatentConsistencyModelImg2ImgPipeline``. SDXL sizes: LCM-LoRA style (LCMScheduler, img2img timesteps,
@@ -239,43 +249,55 @@ def run_bench(*, size: str, device_name: str, dtype_name: str, resolution: int, 
                         strength=strength, steps=steps_list[0], batches=batches, prompt=prompt, family=family,
                         guidance_scale=guidance_scale, dtype_name=dtype_name, log=log)
     applied = speed_up_modules(reference.unet, full_vae, device, fuse_qkv=fuse_qkv, channels_last=channels_last)
-    if applied and should_compile(channels_last, device):
+    if channels_last == "vae" or (channels_last != "unet" and should_compile(channels_last, device)):
         taesd.to(memory_format=torch.channels_last)
+    check_attention(attention, device, dtype)
+    result["attention"] = attention
     result["layout"] = applied
     if applied:
         log(f"frame step modules: {', '.join(applied)}")
     # The components are given below; the config's family only has to be one that needs no model_id.
     config = PipelineConfig(family="tiny", width=resolution, height=resolution, strength=strength,
                             guidance_scale=guidance_scale, prompt=prompt, device=str(device), dtype=dtype_name,
-                            smoothing={"enabled": False})
+                            smoothing={"enabled": False}, attention=attention)
+    modes = ["eager"] if eager else []
+    if should_compile(compile_setting, device):
+        modes += list(dict.fromkeys(graph_mode(g, device) for g in graphs or ["auto"]))
     for vae_name in vaes:
         vae = taesd if vae_name == "taesd" else full_vae
         components = ModelComponents(reference.unet, vae, reference.scheduler, reference, family, sdxl, device,
                                      dtype)
-        ours = StreamPipeline(components, config)
-        kinds = ["eager", "compiled"] if should_compile(compile_setting, device) else ["eager"]
-        for kind in kinds:
-            if kind == "compiled":
-                enable_compile(ours, batches, warm=False)
+        for mode in modes:
+            ours = StreamPipeline(components, config)  # a fresh one per mode: compiling replaces its calls
+            if mode != "eager":
+                enable_compile(ours, batches, warm=False, graph=mode)
+            kind = "eager" if mode == "eager" else f"compiled, {_MODE_NAMES[mode]}"
             for batch in batches:
                 compile_s = None
-                if kind == "compiled":
-                    ours.config = config
-                    compile_s = warm_up(ours, [batch], progress=log)
-                for steps in steps_list:
+                for k, steps in enumerate(steps_list):
                     ours.config = config.model_copy(update={"num_inference_steps": steps})
                     ours.streams.clear()  # streams take their settings from the config when first seen
-                    frames = rng.integers(0, 256, (batch, resolution, resolution, 3), dtype=np.uint8)
-                    ids = [f"s{i}" for i in range(batch)]
-                    measure.row(f"streamer frame step ({kind})", vae_name, batch, steps,
-                                lambda f=frames, i=ids, p=ours: p(f, i), baselines[vae_name, steps],
-                                compile_s)
-                    compile_s = None
-            if kind == "compiled":
-                failed = [c.name for c in (ours.vae_encode, ours.unet_forward, ours.vae_decode) if c.failed]
-                if failed:
-                    log(f"warning: compiling failed at the {', '.join(failed)}; those rows ran eagerly")
-                    result["compile_failed"] = failed
+                    if mode != "eager" and (k == 0 or mode == "whole"):  # a whole step compiles per step count
+                        compile_s = warm_up(ours, [batch], progress=log)
+                    for smooth in smoothing or [False]:
+                        ours.config = config.model_copy(update={"num_inference_steps": steps,
+                                                                "smoothing": SmoothingConfig(enabled=smooth)})
+                        ours.streams.clear()
+                        moving = _moving_frames(rng, batch, resolution) if smooth else [
+                            rng.integers(0, 256, (batch, resolution, resolution, 3), dtype=np.uint8)]
+                        ids = [f"s{i}" for i in range(batch)]
+                        turn = iter(range(10**9))
+
+                        def call(m: list = moving, i: list = ids, p: StreamPipeline = ours, t=turn) -> object:
+                            return p(m[next(t) % len(m)], i)
+
+                        measure.row(f"streamer frame step ({kind}{', smoothing on' if smooth else ''})",
+                                    vae_name, batch, steps, call, baselines[vae_name, steps], compile_s)
+                        compile_s = None
+            failed = _compile_failures(ours)
+            if failed:
+                log(f"warning: compiling failed at the {', '.join(failed)}; those rows ran eagerly")
+                result.setdefault("compile_failed", []).extend(failed)
     if style_image is not None:
         from pipelines.conditioning.ip_adapter_bench import ip_adapter_rows
 
@@ -292,6 +314,30 @@ def run_bench(*, size: str, device_name: str, dtype_name: str, resolution: int, 
                         steps_list=steps_list, call_reference=reference_once, log=log)
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
+
+
+_MODE_NAMES = {"whole": "whole-step graph", "seams": "three graphs", "off": "no CUDA graphs"}
+
+
+def _compile_failures(pipe: StreamPipeline) -> list[str]:
+    calls = [pipe.whole_step] if pipe.whole_step is not None else [pipe.vae_encode, pipe.unet_forward,
+                                                                   pipe.vae_decode]
+    return [c.name for c in calls if getattr(c, "failed", False)]
+
+
+def _moving_frames(rng: np.random.Generator, batch: int, resolution: int, count: int = 16) -> list[np.ndarray]:
+    """Frames of a smooth picture with a square moving across it: smoothing blends and never skips."""
+    ramp = np.linspace(0, 255, resolution, dtype=np.float32)
+    base = np.stack([np.add.outer(ramp, ramp) / 2, np.tile(ramp, (resolution, 1)),
+                     np.tile(ramp[:, None], (1, resolution))], axis=-1)
+    side = max(4, resolution // 8)
+    out = []
+    for k in range(count):
+        frame = base.copy()
+        x = (k * side // 2) % (resolution - side)
+        frame[x:x + side, x:x + side] = 255 - frame[x:x + side, x:x + side]
+        out.append(np.repeat(frame[None].astype(np.uint8), batch, axis=0))
+    return out
 
 
 def _format(row: BenchRow) -> str:

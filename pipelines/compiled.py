@@ -16,6 +16,7 @@ recorded on air.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -101,11 +102,41 @@ def speed_up_modules(unet: Any, vae: Any, device: torch.device, *, fuse_qkv: str
             applied.append("fused QKV projections")
         except ValueError as exc:  # e.g. added KV projections, which diffusers does not fuse
             log.info("attention projections left unfused: %s", exc)
-    if should_compile(channels_last, device):
-        unet.to(memory_format=torch.channels_last)
-        vae.to(memory_format=torch.channels_last)
-        applied.append("channels_last")
+    modules = [channels_last] if channels_last in ("unet", "vae") else (
+        ["unet", "vae"] if should_compile(channels_last, device) else [])
+    for name in modules:
+        (unet if name == "unet" else vae).to(memory_format=torch.channels_last)
+    if modules:
+        applied.append("channels_last" if len(modules) == 2 else f"channels_last ({modules[0]} only)")
     return applied
+
+
+_SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
+                  "math": "MATH"}
+
+
+def attention_kernel(setting: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """PipelineConfig.attention -> a context that forces that SDPA kernel (``auto``: torch's choice). Entered
+    around the whole frame step, so compiled code is traced with the same kernel it runs."""
+    if setting == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([getattr(SDPBackend, _SDPA_BACKENDS[setting])])
+
+
+def check_attention(setting: str, device: torch.device, dtype: torch.dtype) -> None:
+    """ValueError (one line) when the forced attention kernel cannot run on this device and dtype."""
+    if setting == "auto":
+        return
+    q = torch.zeros((1, 1, 8, 64), device=device, dtype=dtype)
+    try:
+        with torch.no_grad(), attention_kernel(setting, device):
+            torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    except RuntimeError:
+        raise ValueError(f"attention {setting!r} has no kernel for {str(dtype).removeprefix('torch.')} on "
+                         f"{device.type}; choose auto or "
+                         "another of flash, cudnn, efficient, math") from None
 
 
 def _bucket(batch: int, sizes: list[int]) -> int | None:
@@ -131,11 +162,12 @@ class CompiledCall:
     """
 
     def __init__(self, name: str, eager: Callable[..., torch.Tensor], sizes: list[int], device: torch.device,
-                 backend: str = "inductor", on_failure: Callable[[str, BaseException], None] | None = None) -> None:
+                 backend: str = "inductor", on_failure: Callable[[str, BaseException], None] | None = None,
+                 cuda_graphs: bool = True) -> None:
         self.name = name
         self.eager = eager
         self.sizes = sorted(set(sizes))
-        self.cuda = device.type == "cuda"
+        self.cuda = device.type == "cuda" and cuda_graphs  # replayed from CUDA graphs
         self.on_failure = on_failure
         self.failed = False
         self.compiled_calls = 0  # calls served by compiled code (the rest ran eagerly)
@@ -176,14 +208,25 @@ class CompiledCall:
         return out[:batch].clone() if self.cuda else out[:batch]
 
 
+def graph_mode(setting: str, device: torch.device) -> str:
+    """PipelineConfig.graph -> what is compiled: ``whole`` (the whole step, one CUDA graph per batch size and
+    step count), ``seams`` (the three model calls, one graph each, eager arithmetic between) or ``off`` (the
+    three model calls compiled without CUDA graphs). ``auto``: whole on CUDA, seams elsewhere."""
+    if setting == "auto":
+        return "whole" if device.type == "cuda" else "seams"
+    return setting
+
+
 def enable_compile(pipe: Any, sizes: list[int], *, backend: str = "inductor",
                    progress: Callable[[str], None] | None = None, warm: bool = True,
-                   cache_dir: str | Path | None = None) -> float:
-    """Replace the pipeline's model calls by compiled ones and, with ``warm``, compile them for every batch
-    size now, saying how far it got to ``progress`` (else the log). Compiled code is kept in ``cache_dir``
-    (None: TORCHINDUCTOR_CACHE_DIR or torch's default). Returns the seconds it took."""
+                   cache_dir: str | Path | None = None, graph: str = "seams") -> float:
+    """Replace the pipeline's frame step (``graph="whole"``, pipelines/graph_step.py) or its model calls
+    (``seams``; ``off``: without CUDA graphs) by compiled ones and, with ``warm``, compile them for every batch
+    size now, saying how far it got to ``progress`` (else the log); a whole step then compiles nothing new.
+    Compiled code is kept in ``cache_dir`` (None: TORCHINDUCTOR_CACHE_DIR or torch's default). Returns the
+    seconds it took."""
     use_cache_dir(cache_dir)
-    _raise_recompile_limit(8 * len(sizes) + 8)
+    _raise_recompile_limit(8 * len(sizes) + 16)
     device = pipe.device
     warned: list[str] = []
 
@@ -193,20 +236,36 @@ def enable_compile(pipe: Any, sizes: list[int], *, backend: str = "inductor",
             log.warning("compiling the frame step failed at the %s (%s); running eagerly", name, first_line)
         warned.append(name)
 
-    pipe.vae_encode = CompiledCall("VAE encode", pipe.vae_encode, sizes, device, backend, warn_once)
-    pipe.vae_decode = CompiledCall("VAE decode", pipe.vae_decode, sizes, device, backend, warn_once)
-    # With classifier-free guidance the UNet sees two rows per frame.
-    unet_sizes = sorted(set(sizes) | ({2 * s for s in sizes} if pipe.uses_cfg else set()))
-    pipe.unet_forward = CompiledCall("UNet", pipe.unet_forward, unet_sizes, device, backend, warn_once)
-    if getattr(getattr(pipe, "components", None), "controlnets", None):
-        pipe.controlnet_forward = CompiledCall("ControlNet", pipe.controlnet_forward, unet_sizes, device, backend,
-                                               warn_once)
-        pipe.control_always = True  # the UNet always gets residuals: one compiled entry, no recompiles
+    conditioned = bool(getattr(getattr(pipe, "components", None), "controlnets", None)) or \
+        getattr(pipe, "style", None) is not None
+    if graph == "whole" and conditioned:
+        # A stream's ControlNet and style settings are not tensor fields the whole-step graph reads live:
+        # conditioned pipelines compile their model calls (seams) instead.
+        log.info("ControlNet or IP-Adapter loaded: compiling the model calls (seams), not the whole step")
+        graph = "seams"
+    if graph == "whole":
+        from pipelines.graph_step import WholeStep
+
+        pipe.whole_step = WholeStep(pipe, sizes, backend=backend, on_failure=warn_once)
+    else:
+        graphs = graph != "off"
+        pipe.vae_encode = CompiledCall("VAE encode", pipe.vae_encode, sizes, device, backend, warn_once, graphs)
+        pipe.vae_decode = CompiledCall("VAE decode", pipe.vae_decode, sizes, device, backend, warn_once, graphs)
+        # With classifier-free guidance the UNet sees two rows per frame.
+        unet_sizes = sorted(set(sizes) | ({2 * s for s in sizes} if pipe.uses_cfg else set()))
+        pipe.unet_forward = CompiledCall("UNet", pipe.unet_forward, unet_sizes, device, backend, warn_once,
+                                         graphs)
+        if getattr(getattr(pipe, "components", None), "controlnets", None):
+            pipe.controlnet_forward = CompiledCall("ControlNet", pipe.controlnet_forward, unet_sizes, device,
+                                                   backend, warn_once, graphs)
+            pipe.control_always = True  # the UNet always gets residuals: one compiled entry, no recompiles
     pipe.compiled_sizes = sorted(set(sizes))
     pipe.warmed_threads = set()
     if not warm:
         return 0.0
     seconds = warm_up(pipe, sizes, progress=progress)
+    if getattr(pipe, "whole_step", None) is not None:
+        pipe.whole_step.seal()
     (progress or log.info)(f"frame step {'running eagerly' if warned else 'compiled'} after "
                            f"{seconds:.1f} s of warm-up")
     return seconds

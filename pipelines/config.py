@@ -140,9 +140,16 @@ class PipelineConfig(BaseModel):
         "auto", description="torch.compile the model calls (CUDA graphs on CUDA); auto = on CUDA only")
     fuse_qkv: Literal["auto", "on", "off"] = Field(
         "auto", description="fuse the UNet's attention projections into one matmul; auto = on CUDA only")
-    channels_last: Literal["auto", "on", "off"] = Field(
+    channels_last: Literal["auto", "on", "off", "unet", "vae"] = Field(
         "auto", description="UNet and VAE in channels-last memory layout (faster convolutions on tensor cores); "
-        "auto = on CUDA only")
+        "unet or vae: that module only; auto = both on CUDA only")
+    graph: Literal["auto", "whole", "seams", "off"] = Field(
+        "auto", description="what compiling covers: whole = the whole frame step, one CUDA graph per batch size "
+        "and step count; seams = the three model calls, one graph each; off = the model calls without CUDA "
+        "graphs; auto = whole on CUDA, seams elsewhere")
+    attention: Literal["auto", "flash", "cudnn", "efficient", "math"] = Field(
+        "auto", description="force this scaled-dot-product attention kernel (torch.nn.attention.sdpa_kernel); "
+        "auto = torch's choice")
     compile_batch_sizes: list[int] = Field(
         default_factory=lambda: [1, 4], min_length=1,
         description="batch sizes compiled at start-up; a batch is padded up to the next one, larger ones run eagerly")

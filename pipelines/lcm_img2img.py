@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipelines.compiled import attention_kernel
 from pipelines.conditioning.controlnet import Control, ControlNetSteps, unet_residual_kwargs
 from pipelines.config import PipelineConfig
 from pipelines.errors import PipelineError
@@ -62,6 +63,7 @@ class StreamPipeline(StreamParams, ControlNetSteps, FramePipeline):
                                                                          self.dtype)
         self.config_style()  # a style picture given in the config is read now, not at the first stream
         self.uploads = HostToDevice(self.device)
+        self.whole_step: Any = None  # pipelines/graph_step.WholeStep when the whole step is compiled
         # SDXL's size conditioning: original size, crop corner, target size (img2img, no crop).
         h, w = config.height, config.width
         self.sdxl_time_ids = torch.tensor([[h, w, 0, 0, h, w]], device=self.device, dtype=self.dtype)
@@ -72,14 +74,24 @@ class StreamPipeline(StreamParams, ControlNetSteps, FramePipeline):
                     on_progress: Callable[[str], None] | None = None) -> StreamPipeline:
         """Load the models and, when compiling, compile now; ``on_progress`` hears how far that got (else
         the log: pipelines print nothing)."""
-        from pipelines.compiled import enable_compile, should_compile, speed_up_modules
+        from pipelines.compiled import (
+            check_attention,
+            enable_compile,
+            graph_mode,
+            should_compile,
+            speed_up_modules,
+        )
 
         pipe = cls(load_components(config), config)
+        try:
+            check_attention(config.attention, pipe.device, pipe.dtype)
+        except ValueError as exc:
+            raise PipelineError(f"bad setting: {exc}") from None
         speed_up_modules(pipe.unet, pipe.vae, pipe.device, fuse_qkv=config.fuse_qkv,
                          channels_last=config.channels_last)
         if should_compile(config.compile, pipe.device):
             enable_compile(pipe, config.compile_batch_sizes, progress=on_progress,
-                           cache_dir=config.compile_cache_dir)
+                           cache_dir=config.compile_cache_dir, graph=graph_mode(config.graph, pipe.device))
         return pipe
 
     @classmethod
@@ -114,13 +126,12 @@ class StreamPipeline(StreamParams, ControlNetSteps, FramePipeline):
         ids = check_frames(frames, stream_ids)
         states = [self.stream(i) for i in ids]
         n, height, width = frames.shape[:3]
-        with torch.no_grad():
-            pixels = self.uploads.upload(frames)
-            images = pixels.permute(0, 3, 1, 2).float() / 127.5 - 1.0
-            if (height, width) != (self.config.height, self.config.width):
-                images = F.interpolate(images, size=(self.config.height, self.config.width), mode="bilinear",
-                                       antialias=True, align_corners=False)
-            images = images.to(self.dtype)
+        with torch.no_grad(), attention_kernel(self.config.attention, self.device):
+            if self.whole_step is not None:  # the whole step in one compiled graph (pipelines/graph_step.py)
+                pending = self.whole_step.submit(frames, ids, states, output_type)
+                if pending is not None:
+                    return pending
+            images = self.to_model_images(self.uploads.upload(frames))
             rounds = self._rounds(ids, states)
             if len(rounds) == 1:  # the usual case: one model call for the whole batch, in order
                 out = self.step(images, states)
@@ -128,13 +139,26 @@ class StreamPipeline(StreamParams, ControlNetSteps, FramePipeline):
                 out = torch.empty_like(images)
                 for members in rounds:
                     out[members] = self.step(images[members], [states[i] for i in members])
-            if (height, width) != (self.config.height, self.config.width):
-                out = F.interpolate(out.float(), size=(height, width), mode="bilinear", antialias=True,
-                                    align_corners=False)
-            out = (out.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
-            if output_type == "float":
-                return PendingFrames(out)
-            return PendingFrames((out * 255).round().to(torch.uint8))
+            return PendingFrames(self.to_frames(out, height, width, output_type))
+
+    def to_model_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, H, W, 3) uint8 on the device -> (N, 3, h, w) in [-1, 1] at the working size, model dtype."""
+        images = pixels.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        if tuple(pixels.shape[1:3]) != (self.config.height, self.config.width):
+            images = F.interpolate(images, size=(self.config.height, self.config.width), mode="bilinear",
+                                   antialias=True, align_corners=False)
+        return images.to(self.dtype)
+
+    def to_frames(self, out: torch.Tensor, height: int, width: int,
+                  output_type: Literal["uint8", "float"] = "uint8") -> torch.Tensor:
+        """Decoded (N, 3, h, w) in about [-1, 1] -> (N, height, width, 3) uint8 (or float in [0, 1])."""
+        if (height, width) != (self.config.height, self.config.width):
+            out = F.interpolate(out.float(), size=(height, width), mode="bilinear", antialias=True,
+                                align_corners=False)
+        out = (out.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+        if output_type == "float":
+            return out
+        return (out * 255).round().to(torch.uint8)
 
     @staticmethod
     def _rounds(ids: list[str], states: list[StreamState]) -> list[list[int]]:

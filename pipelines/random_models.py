@@ -40,18 +40,15 @@ def random_components(size: str, *, dtype: torch.dtype = torch.float32, seed: in
     if size == "tiny":
         parts = tiny_components("lcm", seed=seed, full_vae=True)
         parts["taesd"] = tiny_taesd()
-        return parts
-    if size == "tiny-sdxl":
+    elif size == "tiny-sdxl":
         parts = tiny_sdxl_components("lcm-lora", seed=seed)
         parts["taesd"], parts["vae"] = parts["vae"], tiny_vae_kl().eval()
-        return parts
-    tokenizer = tiny_tokenizer()  # the tokenizer's vocabulary does not change the cost of a frame
-    with torch.device(init_device):
-        if size == "sd15":
-            parts = _sd15(tokenizer)
-        else:
-            parts = _sdxl(tokenizer)
-        parts["taesd"] = AutoencoderTiny()
+    else:
+        tokenizer = tiny_tokenizer()  # the tokenizer's vocabulary does not change the cost of a frame
+        with torch.device(init_device):
+            parts = _sd15(tokenizer) if size == "sd15" else _sdxl(tokenizer)
+            parts["taesd"] = AutoencoderTiny()
+    # In the dtype asked for (the tiny ones too: `streamer bench --quick --dtype bfloat16` times bf16).
     for key in ("unet", "vae", "text_encoder", "text_encoder_2", "taesd"):
         if key in parts:
             parts[key] = parts[key].to(dtype).eval()

@@ -40,6 +40,8 @@ class StreamSmoother:
         self._previous_output: torch.Tensor | None = None
         self._skips_in_row = 0
         self.scene_cuts = 0
+        # While the whole-step graph smooths this stream, its state is tensors here (pipelines/graph_smoothing.py).
+        self.device_state: dict[str, torch.Tensor] | None = None
 
     # -- per frame ------------------------------------------------------------------------------------
 

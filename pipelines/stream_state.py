@@ -221,11 +221,17 @@ class StreamParams:
             else:
                 state.embeds = state.blend_from.lerp(state.blend_target, weight)
 
-    def _smoother(self, state: StreamState) -> Any:
+    def _smoother(self, state: StreamState, *, graph: bool = False) -> Any:
+        """The stream's smoother (None with smoothing off); for the eager step unless ``graph``, so state the
+        whole-step graph kept on the device comes back into the smoother first."""
         if not state.smoothing.enabled:
             return None
         if state.smoother is None:
             from pipelines.smoothing import StreamSmoother
 
             state.smoother = StreamSmoother(state.smoothing)
+        elif not graph and state.smoother.device_state is not None:
+            from pipelines.graph_smoothing import back_to_eager
+
+            back_to_eager(state.smoother)
         return state.smoother

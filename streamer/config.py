@@ -67,6 +67,7 @@ class ServerSection(BaseModel):
     idle_timeout: float | None = None
     connect_timeout: float | None = None
     max_batch: int | None = None
+    submit_ahead: bool = False
     cert: Path | None = None
     key: Path | None = None
     source: str | None = None  # a server-side source shown at /watch
@@ -267,6 +268,14 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--compile", choices=["auto", "on", "off"], default=None,
                    help="torch.compile + CUDA graphs for the model calls (default auto: on CUDA only; "
                         "the first start compiles for a minute or more, later starts use the cache)")
+    g.add_argument("--graph", choices=["auto", "whole", "seams", "off"], default=None,
+                   help="what compiling covers: whole = the whole frame step in one CUDA graph per batch size "
+                        "and step count (smoothing included); seams = the three model calls, one graph each; "
+                        "off = the model calls without CUDA graphs (default auto: whole on CUDA, seams "
+                        "elsewhere)")
+    g.add_argument("--attention", choices=["auto", "flash", "cudnn", "efficient", "math"], default=None,
+                   help="force this attention kernel (torch.nn.attention.sdpa_kernel; default auto: torch's "
+                        "choice); one that cannot run on the device is refused at start-up")
 
 
 def pipeline_config_from_args(args: argparse.Namespace, setup: SetupConfig | None = None) -> PipelineConfig:
@@ -296,8 +305,9 @@ def pipeline_config_from_args(args: argparse.Namespace, setup: SetupConfig | Non
             raise ValueError(f"--resolution must be multiples of 8 (e.g. 512x288), got {width}x{height}")
         overrides["width"], overrides["height"] = width, height
         labels.update(width=FLAGS["width"], height=FLAGS["height"])
-    if getattr(args, "compile", None) is not None:
-        overrides["compile"] = args.compile
+    for name in ("compile", "graph", "attention"):
+        if getattr(args, name, None) is not None:
+            overrides[name] = getattr(args, name)
     if getattr(args, "smoothing", None) is not None:
         overrides["smoothing"] = {"enabled": args.smoothing == "on"}
     if getattr(args, "controlnet", None):

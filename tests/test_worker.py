@@ -117,3 +117,72 @@ def test_cuda_graph_thread_state_is_made_for_any_thread():
     thread.start()
     thread.join()
     assert found == [True]
+
+
+class SlowDevice(PassthroughPipeline):
+    """A pipeline that computes like a GPU: ``submit`` queues a batch on its own thread and returns at once;
+    ``result()`` waits for it. Records when batches are queued and collected, and how many were in flight."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.events: list[tuple[str, int]] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, frames, stream_ids=None):
+        return self.submit(frames, stream_ids).result()
+
+    def submit(self, frames, stream_ids=None):
+        from concurrent.futures import ThreadPoolExecutor
+
+        with self.lock:
+            number = len(self.events)
+            self.events.append(("submit", number))
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        done = ThreadPoolExecutor(1)
+        future = done.submit(lambda: (time.sleep(self.seconds), frames + 1)[1])
+        done.shutdown(wait=False)
+        owner = self
+
+        class Pending:
+            def done(self) -> bool:
+                return future.done()
+
+            def result(self):
+                out = future.result()
+                with owner.lock:
+                    owner.events.append(("result", number))
+                    owner.in_flight -= 1
+                return out
+
+        return Pending()
+
+
+def numbered(stream: str, i: int) -> Frame:
+    return Frame(np.full((4, 4, 3), i, np.uint8), pts=i, stream_id=stream)
+
+
+@pytest.mark.parametrize("ahead", [True, False])
+def test_submit_ahead_overlaps_one_batch_and_keeps_every_frame_in_order(ahead):
+    """With submit-ahead the next batch is queued before the previous one's result is taken (at most one
+    in flight); every frame comes back, to its own future, in order, from several streams."""
+    pipeline = SlowDevice(0.05)
+    results: dict[str, list] = {s: [] for s in "abc"}
+    with GpuWorker(pipeline, max_batch=2, max_pending=200, submit_ahead=ahead) as worker:
+        futures = []
+        for i in range(30):
+            for s in "abc":
+                futures.append((s, i, worker.submit(numbered(s, i))))
+            time.sleep(0.01)
+        for s, i, fut in futures:
+            out = fut.result(20)
+            assert out.stream_id == s and out.pts == i and int(out.image[0, 0, 0]) == i + 1
+            results[s].append(out.pts)
+    assert all(results[s] == list(range(30)) for s in "abc")
+    kinds = [kind for kind, _ in pipeline.events]
+    overlapped = any(a == "submit" and b == "submit" for a, b in zip(kinds, kinds[1:], strict=False))
+    assert pipeline.most_in_flight == (2 if ahead else 1)  # the one in flight and the one just queued
+    assert overlapped == ahead

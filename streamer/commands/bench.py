@@ -31,6 +31,16 @@ def _counts(text: str) -> list[int]:
     return values
 
 
+def _choices(allowed: tuple[str, ...]):
+    def parse(text: str) -> list[str]:
+        values = [v.strip() for v in text.split(",")]
+        bad = [v for v in values if v not in allowed]
+        if bad:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(allowed)} (comma-separated), got {bad[0]!r}")
+        return list(dict.fromkeys(values))
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = ("Random-weight components with the real architecture (no download): SD 1.5 size by "
                      "default, tiny with --quick. Prints a table; --json writes rows with name, batch, steps, "
@@ -59,8 +69,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "compile one at a time, in the order --batch gives them")
     parser.add_argument("--fuse-qkv", choices=["auto", "on", "off"], default="auto",
                         help="fused attention projections in the frame step's UNet (default auto: on CUDA)")
-    parser.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
-                        help="channels-last layout for the frame step's UNet and VAE (default auto: on CUDA)")
     parser.add_argument("--controlnet-rows", type=_counts, default=None, metavar="N[,N...]", dest="controlnets",
                         help="also time the frame step with N random ControlNets (e.g. 1,2) against diffusers' "
                              "ControlNet img2img pipeline, and the control images' cost (canny, depth estimator)")
@@ -69,6 +77,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "with ip_adapter_image")
     parser.add_argument("--style-scale", type=float, default=0.6, metavar="X",
                         help="IP-Adapter scale of those rows, 0-2 (default 0.6)")
+    parser.add_argument("--channels-last", choices=["auto", "on", "off", "unet", "vae"], default="auto",
+                        help="channels-last layout for the frame step's UNet and VAE, or one of them (default "
+                             "auto: both on CUDA)")
+    parser.add_argument("--graph", type=_choices(("auto", "whole", "seams", "off")), default=["auto"],
+                        metavar="MODES", help="what the compiled rows compile, one set of rows per mode, e.g. "
+                        "whole,seams: whole = the whole step in one CUDA graph per batch size and step count, "
+                        "seams = the three model calls, off = no CUDA graphs; auto (default) = whole on CUDA, "
+                        "seams elsewhere")
+    parser.add_argument("--smoothing", type=_choices(("off", "on")), default=["off"], metavar="on,off",
+                        help="frame-step rows with temporal smoothing off, on (a moving picture), or both")
+    parser.add_argument("--attention", choices=["auto", "flash", "cudnn", "efficient", "math"], default="auto",
+                        help="force this attention kernel in the frame step (default auto: torch's choice)")
+    parser.add_argument("--no-eager", action="store_true", help="leave out the eager frame-step rows")
     parser.add_argument("--json", type=Path, default=None,
                         help="write the results as JSON to this file (rewritten after each row)")
     add_overwrite_argument(parser)
@@ -112,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
         vaes=["taesd", "full"] if args.vae == "both" else [args.vae], strength=args.strength,
         warmup=1 if args.quick else 3, iterations=args.iterations or (5 if args.quick else 20),
         compile_setting=args.compile, fuse_qkv=args.fuse_qkv, channels_last=args.channels_last,
-        controlnets=args.controlnets,
+        controlnets=args.controlnets, graphs=args.graph, smoothing=[v == "on" for v in args.smoothing],
+        attention=args.attention, eager=not args.no_eager,
         log=lambda line: print(line, file=sys.stderr, flush=True),
         checkpoint=None if args.json is None else lambda result: write_json(result, args.json),
         style_image=style, style_scale=args.style_scale,

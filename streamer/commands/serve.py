@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="close a session whose peer has not connected this many seconds after its offer, "
                         "freeing its slot (default 15)")
     g.add_argument("--max-batch", type=int, default=None, metavar="N", help="most frames in one model call (default 8)")
+    g.add_argument("--submit-ahead", action="store_true",
+                   help="queue the next batch on the GPU before taking the previous one's result (at most one "
+                        "batch in flight): transfers overlap compute, for a little latency while frames wait")
     g.add_argument("--cert", type=Path, default=None, help="TLS certificate (PEM) for HTTPS")
     g.add_argument("--key", type=Path, default=None, help="TLS private key (PEM) for HTTPS")
     g.add_argument("--source", default=None,

@@ -13,6 +13,7 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -33,10 +34,13 @@ class GpuWorker:
     """Runs ``pipeline`` on one thread; ``submit(frame)`` returns a Future of the stylized frame."""
 
     def __init__(self, pipeline: FramePipeline, max_batch: int = 8, max_pending: int = 64,
-                 on_batch=None) -> None:
+                 on_batch=None, submit_ahead: bool = False) -> None:
         self.pipeline = pipeline
         self.max_batch = max_batch
         self.max_pending = max_pending
+        # Submit the next batch before taking the previous one's result (at most one batch in flight), so its
+        # upload and host work overlap the GPU's work on the previous one; frames come back in order.
+        self.submit_ahead = submit_ahead
         self.on_batch = on_batch  # callback(batch_size, seconds) for metrics
         self._jobs: deque[_Job] = deque()
         self._cond = threading.Condition()
@@ -102,9 +106,11 @@ class GpuWorker:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _take(self) -> tuple[list, list[_Job]] | None:
+    def _take(self, block: bool = True) -> tuple[list, list[_Job]] | None:
         with self._cond:
             while not self._jobs and not self._controls and not self._stop:
+                if not block:  # a batch is in flight: take its result rather than wait here
+                    return [], []
                 self._cond.wait()
             if self._stop and not self._jobs and not self._controls:
                 return None
@@ -130,14 +136,29 @@ class GpuWorker:
                 self.pipeline.prepare_thread()
             except Exception as exc:  # noqa: BLE001 - frames still run, only the first ones slower
                 log.warning("preparing the GPU worker thread failed (%s); going on", exc)
-            while (taken := self._take()) is not None:
-                controls, batch = taken
-                for fn, args, kwargs, fut in controls:
-                    try:
-                        fut.set_result(fn(*args, **kwargs))
-                    except Exception as exc:  # noqa: BLE001 - reported to the caller through its future
-                        fut.set_exception(exc)
-                self._run_batch([job for job in batch if job.future.set_running_or_notify_cancel()])
+            in_flight = None
+            try:
+                while (taken := self._take(block=in_flight is None)) is not None:
+                    controls, batch = taken
+                    if in_flight is not None and (controls or not batch):  # changes apply between batches
+                        self._finish(in_flight)
+                        in_flight = None
+                    for fn, args, kwargs, fut in controls:
+                        try:
+                            fut.set_result(fn(*args, **kwargs))
+                        except Exception as exc:  # noqa: BLE001 - reported to the caller through its future
+                            fut.set_exception(exc)
+                    started = self._start([job for job in batch if job.future.set_running_or_notify_cancel()])
+                    if in_flight is not None:
+                        self._finish(in_flight)
+                        in_flight = None
+                    if started is not None and self.submit_ahead:
+                        in_flight = started
+                    elif started is not None:
+                        self._finish(started)
+            finally:
+                if in_flight is not None:
+                    self._finish(in_flight)
         finally:
             # However the thread ends, nobody is left waiting on a future that will never resolve.
             with self._cond:
@@ -149,20 +170,34 @@ class GpuWorker:
                 if not fut.done():
                     fut.set_exception(RuntimeError("the GPU worker has stopped"))
 
-    def _run_batch(self, batch: list[_Job]) -> None:
+    def _start(self, batch: list[_Job]) -> tuple[list[_Job], Any, float] | None:
+        """Queue a batch on the pipeline; None if there is nothing to wait for (empty, or it failed)."""
         if not batch:
-            return
+            return None
         start = time.perf_counter()
         try:
             images = np.stack([job.frame.image for job in batch])
-            out = self.pipeline(images, [job.frame.stream_id for job in batch])
+            ids = [job.frame.stream_id for job in batch]
+            pending = self.pipeline.submit(images, ids) if self.submit_ahead else _Called(self.pipeline, images, ids)
+        except Exception as exc:  # noqa: BLE001 - every waiter learns why
+            self._fail(batch, exc)
+            return None
+        return batch, pending, start
+
+    def _fail(self, batch: list[_Job], exc: Exception) -> None:
+        log.error("pipeline failed on a batch of %d: %s", len(batch), exc)
+        log.debug("pipeline failure", exc_info=True)
+        for job in batch:
+            job.future.set_exception(exc)
+
+    def _finish(self, started: tuple[list[_Job], Any, float]) -> None:
+        batch, pending, start = started
+        try:
+            out = pending.result()
             if len(out) != len(batch):
                 raise RuntimeError(f"the pipeline returned {len(out)} frames for {len(batch)}")
         except Exception as exc:  # noqa: BLE001 - every waiter learns why
-            log.error("pipeline failed on a batch of %d: %s", len(batch), exc)
-            log.debug("pipeline failure", exc_info=True)
-            for job in batch:
-                job.future.set_exception(exc)
+            self._fail(batch, exc)
             return
         elapsed = time.perf_counter() - start
         for job, image in zip(batch, out, strict=True):
@@ -172,3 +207,13 @@ class GpuWorker:
                 self.on_batch(len(batch), elapsed)
             except Exception:  # noqa: BLE001 - metrics must never stop the model
                 log.debug("on_batch callback failed", exc_info=True)
+
+
+class _Called:
+    """A batch run by calling the pipeline, when ``result()`` is taken (without submit-ahead: one at a time)."""
+
+    def __init__(self, pipeline: FramePipeline, images: np.ndarray, ids: list[str]) -> None:
+        self.pipeline, self.images, self.ids = pipeline, images, ids
+
+    def result(self) -> np.ndarray:
+        return self.pipeline(self.images, self.ids)

@@ -67,6 +67,7 @@ class ServerOptions:
     cert: Path | None = None
     key: Path | None = None
     max_batch: int = 8
+    submit_ahead: bool = False  # the GPU worker queues the next batch before taking the previous result
     defaults: dict[str, Any] = field(default_factory=dict)  # the pipeline's prompt etc., shown by the page
 
     def check(self) -> None:
@@ -232,7 +233,8 @@ def run_server(options: ServerOptions, pipeline: FramePipeline, source: Any = No
     if options.ice_addresses:
         restrict_host_candidates(options.ice_addresses)
     metrics = RunStats()
-    worker = GpuWorker(pipeline, max_batch=options.max_batch, on_batch=metrics.batch)
+    worker = GpuWorker(pipeline, max_batch=options.max_batch, on_batch=metrics.batch,
+                       submit_ahead=options.submit_ahead)
     try:
         return asyncio.run(_serve(options, worker, metrics, context, source))
     finally:
