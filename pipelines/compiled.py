@@ -246,7 +246,8 @@ def enable_compile(pipe: Any, sizes: list[int], *, backend: str = "inductor",
     if graph == "whole":
         from pipelines.graph_step import WholeStep
 
-        pipe.whole_step = WholeStep(pipe, sizes, backend=backend, on_failure=warn_once)
+        pipe.whole_step = WholeStep(pipe, sizes, backend=backend, on_failure=warn_once,
+                                    thread_state=ensure_cuda_graph_tls)
     else:
         graphs = graph != "off"
         pipe.vae_encode = CompiledCall("VAE encode", pipe.vae_encode, sizes, device, backend, warn_once, graphs)

@@ -89,8 +89,12 @@ class WholeStep:
     (after warm-up): nothing compiles on air."""
 
     def __init__(self, pipe: Any, sizes: list[int], *, backend: str = "inductor", cuda_graphs: bool = True,
-                 on_failure: Callable[[str, BaseException], None] | None = None) -> None:
+                 on_failure: Callable[[str, BaseException], None] | None = None,
+                 thread_state: Callable[[], None] | None = None) -> None:
+        """``thread_state`` makes the calling thread's CUDA graph state before a replay (pipelines/compiled.py
+        passes ``ensure_cuda_graph_tls``)."""
         self.pipe = pipe
+        self.thread_state = thread_state
         self.sizes = sorted(set(sizes))
         self.cuda = pipe.device.type == "cuda"
         self.graphs = self.cuda and cuda_graphs
@@ -203,9 +207,8 @@ class WholeStep:
         config = torch.stack([gs.config_row(sm, pipe.device) for sm in smoothers]
                              + [gs.config_row(None, pipe.device)] * (size - n))
         if self.graphs:
-            from pipelines.compiled import ensure_cuda_graph_tls
-
-            ensure_cuda_graph_tls()
+            if self.thread_state is not None:
+                self.thread_state()
             torch.compiler.cudagraph_mark_step_begin()
         out, new_state = self.compiled(pixels, rows, gs.gather(state_rows), config, steps, output_type)
         gs.scatter({k: v[:n] for k, v in new_state.items()}, smoothers)
