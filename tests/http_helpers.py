@@ -4,6 +4,13 @@ would refuse), one-line answer checks, and the JSON bodies that break parsers.""
 from __future__ import annotations
 
 import socket
+import subprocess
+import time
+import urllib.error
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 HOSTILE_JSON = {
     "NaN": b'{"strength": NaN}',
@@ -61,3 +68,15 @@ def one_line(body: str) -> str:
 
 def json_post(body: bytes, *extra: str) -> dict:
     return {"headers": ("Content-Type: application/json", *extra), "body": body}
+
+
+def when_it_answers(process: subprocess.Popen, ask: Callable[[], T], timeout: float = 120.0,
+                    what: str = "control port") -> T:
+    """``ask()``'s answer once a starting server takes connections (``process`` must stay alive meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return ask()
+        except urllib.error.URLError:
+            assert process.poll() is None and time.monotonic() < deadline, f"{what} never came up"
+            time.sleep(0.3)

@@ -28,6 +28,7 @@ from streamer.engine.runtime import Runtime
 from streamer.engine.worker import GpuWorker
 from streamer.observe.stats import RunStats
 from streamer.sources.testsrc import TestSource
+from tests.http_helpers import when_it_answers
 from tests.servers import serving
 from tests.test_server import run_async
 from tests.webrtc_helpers import InvertingPipeline, open_browser_like
@@ -146,14 +147,7 @@ def test_http_control_while_running(tmp_path: Path) -> None:
                     "--control-port", str(port), "--duration", "120", cwd=tmp_path)
     try:
         url = f"http://127.0.0.1:{port}/params"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                status, params = http("GET", url)
-                break
-            except urllib.error.URLError:
-                assert process.poll() is None and time.monotonic() < deadline, "control endpoint never came up"
-                time.sleep(0.2)
+        status, params = when_it_answers(process, lambda: http("GET", url), 60, "control endpoint")
         assert status == 200 and params["smoothing"] is True
         status, reply = http("POST", url, {"prompt": "a watercolor", "strength": 0.6, "seed": 3,
                                            "smoothing": False})

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.conditioning.tiny import tiny_controlnet
+from tests.http_helpers import when_it_answers
 from tests.test_controlnet import net_folder  # noqa: F401 - the fixture
 
 # --- the CLI -------------------------------------------------------------------------------------------
@@ -63,7 +64,6 @@ def test_control_port_changes_the_controlnet_live(tmp_path, net_folder):  # noqa
     nets is refused whole (400, one line), a good one is applied and reported, frames keep coming."""
     import signal
     import time
-    import urllib.error
 
     from conftest import free_port
     from test_params import _error_line, _send
@@ -74,14 +74,7 @@ def test_control_port_changes_the_controlnet_live(tmp_path, net_folder):  # noqa
                     f"{net_folder}:canny:0.8", "--control-port", str(port), "--duration", "180", cwd=tmp_path)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                status, initial = _send("GET", f"{url}/params")
-                break
-            except urllib.error.URLError:
-                assert process.poll() is None and time.monotonic() < deadline, "control port never came up"
-                time.sleep(0.3)
+        status, initial = when_it_answers(process, lambda: _send("GET", f"{url}/params"), 120, "control port")
         assert status == 200 and initial["controlnet"] == {"enabled": True, "scale": [0.8], "type": ["canny"],
                                                            "canny_low": 100.0, "canny_high": 200.0}
         status, body = _send("POST", f"{url}/params", json.dumps({"seed": 5, "controlnet": {"scale": [1, 1]}}))

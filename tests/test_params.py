@@ -29,6 +29,7 @@ from pipelines import load_pipeline
 from pipelines.config import LiveParams
 from pipelines.errors import PipelineError
 from pipelines.presets import build_config, read_yaml
+from tests.http_helpers import when_it_answers
 from tests.servers import serving
 from tests.webrtc_helpers import open_browser_like
 
@@ -227,14 +228,7 @@ def test_control_port_refuses_a_bad_change_whole_and_takes_the_next(tmp_path: Pa
                     "--control-port", str(port), "--duration", "180", cwd=tmp_path)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                status, initial = _send("GET", f"{url}/params")
-                break
-            except urllib.error.URLError:
-                assert process.poll() is None and time.monotonic() < deadline, "control port never came up"
-                time.sleep(0.3)
+        status, initial = when_it_answers(process, lambda: _send("GET", f"{url}/params"), 120, "control port")
         assert status == 200 and initial["strength"] == 0.3 and initial["num_inference_steps"] == 1
 
         status, body = _send("POST", f"{url}/params", json.dumps(NO_SCHEDULE))

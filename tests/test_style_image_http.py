@@ -8,8 +8,6 @@ import base64
 import io
 import json
 import signal
-import time
-import urllib.error
 from pathlib import Path
 
 import aiohttp
@@ -26,6 +24,7 @@ from pipelines.factory import load_pipeline
 from pipelines.tiny import tiny_components
 from streamer.control.params import ParamsController, TerminalControl
 from streamer.engine.worker import GpuWorker
+from tests.http_helpers import when_it_answers
 from tests.servers import serving
 from tests.test_server import run_async
 from tests.webrtc_helpers import open_browser_like
@@ -142,14 +141,7 @@ def test_run_control_port_style_image(ip_adapter, tmp_path):
                     "--control-port", str(port), "--duration", "300", cwd=tmp_path)
     try:
         url = f"http://127.0.0.1:{port}/params"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                status, params = http("GET", url)
-                break
-            except urllib.error.URLError:
-                assert process.poll() is None and time.monotonic() < deadline, "control endpoint never came up"
-                time.sleep(0.3)
+        status, params = when_it_answers(process, lambda: http("GET", url), 120, "control endpoint")
         assert status == 200 and params["style_image"].startswith("48x40 sha256:")
         assert params["style_scale"] == 0.7
         status, reply = http("POST", url, {"style_image": data_url(picture(7, (32, 32), "JPEG"), "image/jpeg"),
