@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from streamer.eval.av_sync import SyncReport, make_sync_clip, measure  # noqa: E402
 from tests.av_webrtc import summary  # noqa: E402
+from tests.servers import stop_group as stop  # noqa: E402
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 PORT = 8080  # the namespace is fresh: every port is free
@@ -57,20 +57,6 @@ def start_server(log: Path, *, delay: float = 0.0, preset: str | None = None, ar
             raise RuntimeError(f"the server never started: {log.read_text(errors='replace')[-3000:]}")
         time.sleep(0.1)
     return process
-
-
-def stop(process: subprocess.Popen, timeout: float = 15.0) -> None:
-    """SIGTERM its process group, SIGKILL if it lingers; reaped on return."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            process.wait(timeout=timeout)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def start_aiortc_peers(server: subprocess.Popen, clip: Path | None, seconds: float) -> subprocess.Popen:

@@ -110,3 +110,17 @@ def stop_streamer(process: subprocess.Popen, sig: int = signal.SIGTERM) -> int:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
     return process.returncode
+
+
+def stop_group(process: subprocess.Popen, timeout: float = 15.0) -> None:
+    """SIGTERM its process group, SIGKILL if it lingers; reaped on return."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            process.wait(timeout=timeout)
+            return
+        except subprocess.TimeoutExpired:
+            continue

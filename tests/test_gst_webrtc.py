@@ -12,8 +12,6 @@ with ``nsenter`` and add 127.0.0.1 to libnice's addresses, which it otherwise le
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,6 +22,7 @@ import pytest
 
 from tests.conftest import SYSTEM_PYTHON
 from tests.servers import serving, start_streamer
+from tests.servers import stop_group as stop
 from tests.test_browser import namespaces_work
 from tests.test_server import run_async
 from tests.webrtc_helpers import InvertingPipeline, new_pc
@@ -73,20 +72,6 @@ def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, Path]]:
         stop(proc)
     assert proc.returncode == 0 and "shutting down" in log.read_text(), log.read_text()
     assert "Traceback" not in log.read_text(), log.read_text()
-
-
-def stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
-    """SIGTERM its process group, SIGKILL if it lingers; reaped on return."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=timeout)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def in_namespace(server: subprocess.Popen, *command: str) -> list[str]:
