@@ -146,6 +146,9 @@ def test_sessions_spread_over_replicas_and_follow_their_replica(cluster: tuple[S
             result["listed"] = sorted(s["id"] for s in json.loads((await http("GET", "/sessions"))[1])["sessions"])
             # A session's later requests reach the replica that holds it.
             result["params"] = await http("POST", f"/sessions/{peers[0].session_id}/params", json={"strength": 0.5})
+            # A change as large as a style image (past the 256 kB of an offer) is read and judged, not 413.
+            result["large"] = await http("POST", f"/sessions/{peers[0].session_id}/params",
+                                         json={"prompt": "x" * 300_000})
             result["stats"] = await http("GET", f"/sessions/{peers[1].session_id}")
             other = [p for p in peers if replica_of(p) != replica_of(peers[0])][0]
             forged = f"{replica_of(other)}.{peers[0].session_id.split('.', 1)[1]}"
@@ -210,6 +213,7 @@ def test_sessions_spread_over_replicas_and_follow_their_replica(cluster: tuple[S
 
     status, body = result["params"]
     assert status == 200 and '"ok": true' in body.replace('":true', '": true'), body
+    assert result["large"][0] == 400 and "prompt" in result["large"][1], result["large"]
     assert result["stats"][0] == 200 and json.loads(result["stats"][1])["frames"] > 0
     assert result["forged"][0] == 404 and '"ok": false' in result["forged"][1].replace('":false', '": false')
     assert result["delete"][0] == 200 and result["delete_again"][0] == 404

@@ -18,6 +18,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from pipelines.conditioning.style_image import MAX_STYLE_BODY_BYTES
 from streamer.control.http import refusal_body
 from streamer.observe.prometheus import CONTENT_TYPE, merge_labelled
 from streamer.scale.serve_replica import KNOWN_REPLICAS, gather_quietly, public_id, split_id
@@ -133,7 +134,8 @@ class Ingress:
         kinds = {"sessions": None, "whip": ("whip",), "whep": ("whep",)}[kind]
         if params:
             self._allow(method, "POST")
-            changes = self._json(await self._body(request, JSON_TYPE))
+            # A style image rides in a change: the control routes' own limit, as on `streamer serve`.
+            changes = self._json(await self._body(request, JSON_TYPE, MAX_STYLE_BODY_BYTES))
             answer = self._ok(await self._pinned(replica, "change", session_id, changes))
             return JSONResponse(answer["body"], answer["status"])
         if method == "PATCH" and kind != "sessions":
@@ -247,12 +249,13 @@ class Ingress:
             raise HttpError(404, f"no file /static/{name}")
         return path
 
-    async def _body(self, request: Request, content_type: str) -> str:
-        """The body as `streamer serve` reads it (streamer.server.bodies): 415, 413, 408, 400 as there."""
+    async def _body(self, request: Request, content_type: str, limit: int | None = None) -> str:
+        """The body as `streamer serve` reads it (streamer.server.bodies): 415, 413, 408, 400 as there;
+        ``limit``: the route's own size limit (default: the server's)."""
         refused = type_refusal(request.headers.get("Content-Type"), content_type)
         if refused:
             raise HttpError(415, refused)
-        limit, raw = self.options.max_body, bytearray()
+        limit, raw = limit or self.options.max_body, bytearray()
         try:
             async with asyncio.timeout(self.options.read_timeout):
                 async for chunk in request.stream():
