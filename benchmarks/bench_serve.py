@@ -47,11 +47,10 @@ def _batch_totals(url: str) -> tuple[float, float]:
 
 
 async def _client(url: str, seconds: float, size: int, fps: float, settle: float) -> dict:
-    import av
     import numpy as np
     from aiortc.mediastreams import MediaStreamError
-    from webrtc_helpers import TIME_BASE, Peer, _gathered_offer, new_pc
     from webrtc_helpers import PatternTrack as _Base
+    from webrtc_helpers import Peer, _gathered_offer, new_pc
 
     sent: dict[int, float] = {}
     back: list[tuple[float, float]] = []  # (sent, returned)
@@ -60,21 +59,19 @@ async def _client(url: str, seconds: float, size: int, fps: float, settle: float
                      np.tile(ramp[:, None], (1, size))], axis=-1)
 
     class Camera(_Base):
-        async def recv(self) -> av.VideoFrame:
-            if self.readyState != "live":
-                raise MediaStreamError
-            if self.start is None:
-                self.start = time.monotonic()
-            await asyncio.sleep(max(0.0, self.start + self.index / self.fps - time.monotonic()))
+        """The test camera's pacing, with a square moving over a smooth picture (smoothing never skips it)
+        and each frame's send time kept by its pts."""
+
+        def picture(self, index: int) -> np.ndarray:
             side = size // 8
-            x = (self.index * 4) % (size - side)
+            x = (index * 4) % (size - side)
             image = base.copy()
             image[x:x + side, x:x + side] = 255 - image[x:x + side, x:x + side]
-            frame = av.VideoFrame.from_ndarray(image.astype(np.uint8), format="rgb24")
-            frame.pts, frame.time_base = 3000 * self.index, TIME_BASE
-            sent[frame.pts] = time.monotonic()
-            self.index += 1
-            return frame
+            return image.astype(np.uint8)
+
+        def pts(self, index: int) -> int:
+            sent[3000 * index] = time.monotonic()
+            return 3000 * index
 
     import aiohttp
 

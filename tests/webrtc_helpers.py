@@ -110,10 +110,18 @@ class PatternTrack(MediaStreamTrack):
         if self.start is None:
             self.start = time.monotonic()
         await asyncio.sleep(max(0.0, self.start + self.index / self.fps - time.monotonic()))
-        frame = av.VideoFrame.from_ndarray(self.image, format="rgb24")
-        frame.pts, frame.time_base = sent_pts(self.index), TIME_BASE
+        frame = av.VideoFrame.from_ndarray(self.picture(self.index), format="rgb24")
+        frame.pts, frame.time_base = self.pts(self.index), TIME_BASE
         self.index += 1
         return frame
+
+    def picture(self, index: int) -> np.ndarray:
+        """The RGB picture of frame ``index`` (a subclass may move things)."""
+        return self.image
+
+    def pts(self, index: int) -> int:
+        """Frame ``index``'s pts, asked as it is sent."""
+        return sent_pts(index)
 
 
 @dataclass
