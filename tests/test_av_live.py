@@ -166,7 +166,7 @@ def test_realtime_file_to_file_with_the_tiny_preset(tmp_path: Path) -> None:
 
 def test_realtime_file_behind_a_slow_model_into_webm_transcodes_the_audio(tmp_path: Path) -> None:
     """AAC cannot go into WebM: the live path transcodes it to Opus, still in sync."""
-    clip = sync_clip(tmp_path, seconds=4)
+    clip = sync_clip(tmp_path, seconds=8)  # ~15 flashes: about half pass a model at 20 fps
     out = tmp_path / "out.webm"
     stats = run_live(str(clip), str(out), delay=SLOW_MODEL_S, duration=30, realtime=True)
     assert stats["dropped"] > 10, stats
